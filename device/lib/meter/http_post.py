@@ -1,0 +1,291 @@
+# SPDX-License-Identifier: MIT
+"""Minimal HTTP/1.1 POST over a socket, with a hard deadline and verified TLS.
+
+    poster = HttpPoster("https://collector.lan/api/measurements", token, cadata=ca_der_or_pem,
+                        timeout_ms=5000)
+    status = poster.post(reading_json)          # -> int HTTP status (2xx = delivered)
+    status = poster.post_batch([r1, r2, r3])    # one JSON array in one request
+    post(url, body, token)                      # one-shot form
+
+Network and TLS failures raise PostError whose `kind` is one of KINDS (refused, timeout,
+dns, tls, protocol, network, config); a non-2xx answer is *returned*, not raised, so the caller
+decides (keep the reading in the outbox and back off). The whole request, from DNS to the
+status line, is bounded by `timeout_ms`: a server that accepts and never answers, or trickles
+its answer, costs at most that long. Only the status line is read (at most _MAX_STATUS bytes);
+the rest of the answer is discarded by closing the connection (we send Connection: close).
+
+Why not micropython-lib `requests`: it does not verify certificates and has no overall
+deadline. Here https uses tls.SSLContext(PROTOCOL_TLS_CLIENT) with CERT_REQUIRED, the CA given
+as DER or PEM bytes, and server_hostname for SNI and name checking. Set the clock (ntptime)
+before the first https request on a board: certificate validity is checked against it.
+
+The bearer token never appears in exception messages, reprs or logs.
+"""
+
+import errno
+import socket
+
+try:
+    from micropython import const
+except ImportError:  # CPython
+
+    def const(x):
+        return x
+
+from meter import url as _url
+
+try:
+    from time import ticks_diff, ticks_ms
+except ImportError:  # CPython: this module imports there (tests, tooling), it is not run there
+    import time as _time
+
+    def ticks_ms():
+        return int(_time.monotonic() * 1000)
+
+    def ticks_diff(a, b):
+        return a - b
+
+
+_MAX_STATUS = const(128)  # longest status line we accept
+_MIN_SLICE_MS = const(1)  # smallest socket timeout we set while the deadline runs out
+_MBEDTLS_ERR_SSL_TIMEOUT = const(-0x6800)
+
+REFUSED = "refused"
+TIMEOUT = "timeout"
+DNS = "dns"
+TLS = "tls"
+PROTOCOL = "protocol"
+NETWORK = "network"
+CONFIG = "config"
+KINDS = (REFUSED, TIMEOUT, DNS, TLS, PROTOCOL, NETWORK, CONFIG)
+
+_TIMEOUT_ERRNOS = (errno.ETIMEDOUT, errno.EAGAIN)
+
+
+class PostError(Exception):
+    """A request that did not produce an HTTP status. `kind` is one of KINDS."""
+
+    def __init__(self, kind, message):
+        super().__init__(kind + ": " + message)
+        self.kind = kind
+
+
+def _errno(exc):
+    if exc.args and isinstance(exc.args[0], int):
+        return exc.args[0]
+    return None
+
+
+def _is_timeout(code):
+    return code in _TIMEOUT_ERRNOS or code == _MBEDTLS_ERR_SSL_TIMEOUT
+
+
+class _Deadline:
+    def __init__(self, timeout_ms):
+        self.start = ticks_ms()
+        self.timeout_ms = timeout_ms
+
+    def left_ms(self):
+        return self.timeout_ms - ticks_diff(ticks_ms(), self.start)
+
+    def arm(self, sock, what):
+        """Set the socket timeout to what is left, or raise timeout if nothing is."""
+        left = self.left_ms()
+        if left <= 0:
+            raise PostError(TIMEOUT, f"no answer within {self.timeout_ms} ms ({what})")
+        sock.settimeout(max(left, _MIN_SLICE_MS) / 1000)
+
+
+def _check_header_value(value, name):
+    for c in value:
+        if c < " " or c == "\x7f":
+            # the value may be a secret: name the header, never echo the value
+            raise PostError(CONFIG, name + " contains control characters")
+
+
+class HttpPoster:
+    """POSTs JSON to one URL. Keeps the parsed URL and the TLS context between requests."""
+
+    def __init__(self, url, token=None, cadata=None, timeout_ms=5000,
+                 default_path="/api/measurements"):
+        try:
+            self._url = _url.parse(url, default_path)
+        except _url.UrlError as exc:
+            raise PostError(CONFIG, str(exc)) from None
+        if self._url.scheme not in ("http", "https"):
+            raise PostError(CONFIG, "HTTP publisher needs an http or https URL")
+        if token is not None:
+            if not isinstance(token, str):
+                raise PostError(CONFIG, "token must be a string")
+            _check_header_value(token, "token")
+        if not isinstance(timeout_ms, int) or timeout_ms <= 0:
+            raise PostError(CONFIG, "timeout_ms must be a positive integer")
+        self._token = token
+        self.timeout_ms = timeout_ms
+        self._ctx = None
+        if self._url.tls:
+            self._ctx = _tls_context(cadata)
+        elif cadata is not None:
+            raise PostError(CONFIG, "a CA was given for a plain http URL")
+        u = self._url
+        default = 443 if u.tls else 80
+        host = ("[" + u.host + "]") if ":" in u.host else u.host
+        self._host_header = host if u.port == default else f"{host}:{u.port}"
+
+    def __repr__(self):
+        return f"<HttpPoster {self._url.scheme}://{self._host_header}{self._url.path}>"
+
+    @property
+    def url(self):
+        """The URL without secrets (for status and logs)."""
+        return f"{self._url.scheme}://{self._host_header}{self._url.path}"
+
+    def post(self, body):
+        """POST one JSON document (str or bytes). Returns the HTTP status code."""
+        if isinstance(body, str):
+            body = body.encode()
+        return self._request(body)
+
+    def post_batch(self, bodies):
+        """POST several JSON readings as one JSON array. Returns the HTTP status code.
+
+        The receiver must accept an array (all-or-nothing: 2xx = every reading delivered).
+        """
+        if not bodies:
+            raise PostError(CONFIG, "empty batch")
+        parts = []
+        for b in bodies:
+            parts.append(b.encode() if isinstance(b, str) else b)
+        return self._request(b"[" + b",".join(parts) + b"]")
+
+    # -- one request ---------------------------------------------------------------------------
+
+    def _request(self, body):
+        u = self._url
+        deadline = _Deadline(self.timeout_ms)
+        try:
+            ai = socket.getaddrinfo(u.host, u.port, 0, socket.SOCK_STREAM)
+        except OSError as exc:
+            code = _errno(exc)
+            if code is not None and _is_timeout(code):
+                raise PostError(TIMEOUT, f"name lookup for {u.host} timed out") from None
+            raise PostError(DNS, f"cannot resolve {u.host}") from None
+        if not ai:
+            raise PostError(DNS, f"cannot resolve {u.host}")
+        af, kind, proto, _, addr = ai[0]
+        raw = socket.socket(af, kind, proto)
+        try:
+            self._connect(raw, addr, deadline)
+            stream = raw
+            if self._ctx is not None:
+                stream = self._handshake(raw, deadline)
+            self._send(raw, stream, body, deadline)
+            return self._status(raw, stream, deadline)
+        finally:
+            try:
+                raw.close()
+            except OSError:
+                pass  # closing a broken socket tells us nothing new
+
+    def _connect(self, raw, addr, deadline):
+        deadline.arm(raw, "connect")
+        try:
+            raw.connect(addr)
+        except OSError as exc:
+            code = _errno(exc)
+            if code is not None and _is_timeout(code):
+                raise PostError(TIMEOUT, f"connect to {self._host_header} timed out") from None
+            if code in (errno.ECONNREFUSED, errno.ECONNRESET):
+                # lwIP (ESP32) reports a refused connect as ECONNRESET
+                raise PostError(REFUSED, f"{self._host_header} refused the connection") from None
+            raise PostError(NETWORK, f"connect to {self._host_header} failed ({code})") from None
+
+    def _handshake(self, raw, deadline):
+        deadline.arm(raw, "TLS handshake")
+        try:
+            return self._ctx.wrap_socket(raw, server_hostname=self._url.host)
+        except OSError as exc:
+            code = _errno(exc)
+            if code is not None and _is_timeout(code):
+                raise PostError(TIMEOUT, "TLS handshake timed out") from None
+            raise PostError(TLS, f"TLS handshake with {self._host_header} failed ({exc})") from None
+        except ValueError as exc:  # e.g. certificate name/verification details on some ports
+            raise PostError(TLS, f"TLS handshake with {self._host_header} failed ({exc})") from None
+
+    def _send(self, raw, stream, body, deadline):
+        u = self._url
+        head = f"POST {u.path} HTTP/1.1\r\nHost: {self._host_header}\r\n"
+        if self._token is not None:
+            head += "Authorization: Bearer " + self._token + "\r\n"
+        head += (
+            "Content-Type: application/json\r\nContent-Length: "
+            + str(len(body))
+            + "\r\nConnection: close\r\nUser-Agent: ctmeter\r\n\r\n"
+        )
+        for chunk in (head.encode(), body):
+            view = memoryview(chunk)
+            while len(view):
+                deadline.arm(raw, "sending")
+                try:
+                    n = stream.write(view)
+                except OSError as exc:
+                    raise self._io_error(exc, "sending the request") from None
+                if not n:
+                    raise PostError(TIMEOUT, "sending the request stalled")
+                view = view[n:]
+
+    def _status(self, raw, stream, deadline):
+        line = bytearray()
+        while True:
+            deadline.arm(raw, "waiting for the answer")
+            try:
+                b = stream.read(1)
+            except OSError as exc:
+                raise self._io_error(exc, "reading the answer") from None
+            if b is None:
+                continue  # non-blocking read with nothing yet: the deadline bounds this loop
+            if not b:
+                raise PostError(PROTOCOL, "connection closed before a status line")
+            if b == b"\n":
+                break
+            line.extend(b)
+            if len(line) > _MAX_STATUS:
+                raise PostError(PROTOCOL, "status line too long")
+        parts = bytes(line).split(None, 2)
+        if len(parts) < 2 or not parts[0].startswith(b"HTTP/1."):
+            raise PostError(PROTOCOL, "not an HTTP/1.x status line")
+        code = parts[1]
+        if len(code) != 3 or not code.isdigit():
+            raise PostError(PROTOCOL, "bad status code")
+        return int(code)
+
+    def _io_error(self, exc, what):
+        code = _errno(exc)
+        if code is not None and _is_timeout(code):
+            return PostError(TIMEOUT, f"{what}: no progress within {self.timeout_ms} ms")
+        if self._ctx is not None and code is not None and code < 0:
+            return PostError(TLS, f"{what}: TLS error {code}")
+        return PostError(NETWORK, f"{what} failed ({code})")
+
+
+def _tls_context(cadata):
+    try:
+        import tls
+    except ImportError:
+        raise PostError(CONFIG, "https needs the tls module (MicroPython >= 1.23)") from None
+    if not cadata:
+        raise PostError(CONFIG, "https needs a CA certificate (cadata) to verify the server")
+    if isinstance(cadata, str):
+        cadata = cadata.encode()
+    ctx = tls.SSLContext(tls.PROTOCOL_TLS_CLIENT)
+    ctx.verify_mode = tls.CERT_REQUIRED
+    try:
+        ctx.load_verify_locations(cadata)
+    except (ValueError, OSError) as exc:
+        raise PostError(CONFIG, f"cannot load the CA certificate ({exc})") from None
+    return ctx
+
+
+def post(url, body, token=None, cadata=None, timeout_ms=5000):
+    """One-shot POST of one JSON document; returns the HTTP status code."""
+    return HttpPoster(url, token, cadata=cadata, timeout_ms=timeout_ms).post(body)
