@@ -1,0 +1,56 @@
+# SPDX-License-Identifier: MIT
+"""The board layer: the only code that touches `machine`, `network` or `esp32`.
+
+    from meter.board import make_board
+    board = make_board(channel_pins, voltage_pin, atten_db, sample_rate_hz)
+
+Two implementations with one interface:
+- `board_esp32.Esp32Board`: ADC1 pins with explicit attenuation, paced sampling in viper,
+  `machine.WDT`, Wi-Fi, littlefs at "/".
+- `board_unix.UnixBoard`: the virtual board on the MicroPython unix port. ADC codes come from
+  the sensor model through a feed (see host/ctmeter/virtual/feed.py), the clock is simulated
+  (tests run hours in seconds), flash is the current directory.
+
+Interface (all boards):
+    nch, sample_rate_hz            frame width (current channels + optional voltage) and rate
+    read_frames(buf, start, n)     fill frames [start, start+n) of an array('H') of nch-wide
+                                   frames with 12-bit codes at the fixed rate; allocates nothing
+    sampling_stats()               (achieved rate Hz, worst lateness µs) of the last bursts
+    after_window()                 hook after each measured window (unix: optional time-lapse)
+    ticks_ms() / ticks_us()        wrapping tick counters (period 2**30, like the chip)
+    ticks_diff(a, b)               signed difference, wrap-safe
+    unix_time()                    seconds since 1970 (UTC)
+    sleep_ms(ms)
+    wdt_start(timeout_ms) / wdt_feed()
+    wifi_connect(ssid, password)   starts a connection attempt, never blocks long
+    wifi_status()                  "connected" | "connecting" | "down" | "sim"
+    rssi()                         dBm or None
+    mem_free() / mem_alloc()
+    console_source()               object with any() -> bool and read1() -> int byte or -1
+    reset()                        hard reset (power-on path: boot.py and main.py again)
+    root                           directory holding config.json, counters, outbox
+"""
+
+import sys
+
+_TICKS_PERIOD = 1 << 30
+_TICKS_HALF = 1 << 29
+
+
+def ticks_diff(a, b):
+    """a - b on the wrapping 2**30 tick counter (same rule as time.ticks_diff)."""
+    d = (a - b) & (_TICKS_PERIOD - 1)
+    if d >= _TICKS_HALF:
+        d -= _TICKS_PERIOD
+    return d
+
+
+def make_board(channel_pins, voltage_pin=None, atten_db=11, sample_rate_hz=4000):
+    """The board for this platform, with its ADC set up for the given pins."""
+    if sys.platform == "esp32":
+        from meter.board_esp32 import Esp32Board
+
+        return Esp32Board(channel_pins, voltage_pin, atten_db, sample_rate_hz)
+    from meter.board_unix import UnixBoard
+
+    return UnixBoard(channel_pins, voltage_pin, atten_db, sample_rate_hz)

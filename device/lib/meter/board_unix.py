@@ -1,0 +1,187 @@
+# SPDX-License-Identifier: MIT
+"""The virtual board: the firmware on the MicroPython unix port, fed by the sensor model.
+
+Environment (set by the host's virtual-board runner, host/ctmeter/virtual/):
+    CTMETER_FEED        "<request fifo>,<response fifo>" of the sensor feed (required)
+    CTMETER_CLOCK       "fast" (default: simulated time runs as fast as the CPU allows)
+                        or "realtime" (paced to the wall clock, for `make sim`)
+    CTMETER_TIMELAPSE_S simulated seconds skipped after each measured window (default 0).
+                        A test accelerator for multi-day soaks: the meter samples one
+                        window, then time jumps; energy still integrates the elapsed time.
+    CTMETER_EPOCH       Unix time at the start of the simulation (default: now)
+
+Feed protocol (allocation-free on this side): request = struct '<QI' (first frame index,
+frame count); response = count * nch little-endian uint16 codes, frame-major. The frame
+index is simulated time * sample rate, so the model knows what the ADC would see then.
+
+The simulated clock advances by the samples taken, plus the real time the firmware spends
+between bursts (network, console, computing) so that slow I/O costs sampling time as it
+would on a chip. Ticks wrap every 2**30 µs like the chip's, and start one minute before a
+wrap so wrap handling is exercised in every run.
+"""
+
+import gc
+import os
+import struct
+import sys
+import time
+
+try:
+    import micropython
+except ImportError:
+    from meter.cpython_shims import micropython, ptr8  # noqa: F401
+
+from meter.board import ticks_diff as _ticks_diff
+from meter.stdin_source import StdinSource
+
+_MASK = (1 << 30) - 1
+_TICKS_START_US = (1 << 30) - 60000000
+_STAGE = 2048
+RESET_EXIT_CODE = 99
+
+
+class BoardError(Exception):
+    pass
+
+
+@micropython.viper
+def _copy(dst: ptr8, offset: int, src: ptr8, n: int):
+    for i in range(n):
+        dst[offset + i] = src[i]
+
+
+class UnixBoard:
+    root = "."
+    platform = "unix"
+
+    def __init__(self, channel_pins, voltage_pin=None, atten_db=11, sample_rate_hz=4000):
+        feed = os.getenv("CTMETER_FEED")
+        if not feed or "," not in feed:
+            raise BoardError("CTMETER_FEED is not set: start the firmware with `ctmeter sim`")
+        req_path, resp_path = feed.split(",", 1)
+        self.nch = len(channel_pins) + (0 if voltage_pin is None else 1)
+        self.sample_rate_hz = sample_rate_hz
+        self._req = open(req_path, "wb")
+        self._resp = open(resp_path, "rb")
+        self._reqbuf = bytearray(12)
+        self._stage = bytearray(_STAGE)
+        self._realtime = os.getenv("CTMETER_CLOCK") == "realtime"
+        self._timelapse_ns = int(float(os.getenv("CTMETER_TIMELAPSE_S") or 0) * 1e9)
+        epoch = os.getenv("CTMETER_EPOCH")
+        self._epoch_s = int(epoch) if epoch else int(time.time())
+        # simulated clock: _sim_ns at real time _sync_ns
+        self._sim_ns = 0
+        self._sync_ns = time.time_ns()
+        self._sampled_frames = 0
+        self._late_max_us = 0
+        self._wdt_timeout_ns = 0
+        self._wdt_last_ns = 0
+        self._stdin = None
+
+    # clock
+    def _now_ns(self):
+        return self._sim_ns + (time.time_ns() - self._sync_ns)
+
+    def _sync(self):
+        now = time.time_ns()
+        self._sim_ns += now - self._sync_ns
+        self._sync_ns = now
+
+    def ticks_us(self):
+        return (_TICKS_START_US + self._now_ns() // 1000) & _MASK
+
+    def ticks_ms(self):
+        return (self._now_ns() // 1000000) & _MASK
+
+    ticks_diff = staticmethod(_ticks_diff)
+
+    def unix_time(self):
+        return self._epoch_s + self._now_ns() // 1000000000
+
+    def sim_seconds(self):
+        return self._now_ns() / 1e9
+
+    def sleep_ms(self, ms):
+        if self._realtime:
+            time.sleep_ms(ms)
+        else:
+            self._sync()
+            self._sim_ns += ms * 1000000
+
+    # sampling
+    def read_frames(self, buf, start, n):
+        self._sync()
+        fs = self.sample_rate_hz
+        frame0 = (self._sim_ns * fs + 999999999) // 1000000000
+        struct.pack_into("<QI", self._reqbuf, 0, frame0, n)
+        self._req.write(self._reqbuf)
+        need = n * self.nch * 2
+        got = 0
+        offset = start * self.nch * 2
+        while got < need:
+            m = self._resp.readinto(self._stage, min(need - got, _STAGE))
+            if not m:
+                raise BoardError("sensor feed closed")
+            _copy(buf, offset + got, self._stage, m)
+            got += m
+        end_ns = (frame0 + n) * 1000000000 // fs
+        if self._realtime:
+            # the samples are "taken" when the wall clock reaches their time
+            wait_us = (end_ns - self._now_ns()) // 1000
+            if wait_us > 0:
+                time.sleep_us(wait_us)
+            self._sync()
+        else:
+            self._sim_ns = end_ns
+            self._sync_ns = time.time_ns()
+        self._sampled_frames += n
+        self._check_wdt()
+
+    def sampling_stats(self):
+        late, self._late_max_us = self._late_max_us, 0
+        return self.sample_rate_hz, late
+
+    def after_window(self):
+        if self._timelapse_ns:
+            self._sync()
+            self._sim_ns += self._timelapse_ns
+
+    # watchdog: simulated; a starved watchdog resets the board like the chip's
+    def wdt_start(self, timeout_ms):
+        self._wdt_timeout_ns = timeout_ms * 1000000
+        self._wdt_last_ns = self._now_ns()
+
+    def wdt_feed(self):
+        self._check_wdt()
+        self._wdt_last_ns = self._now_ns()
+
+    def _check_wdt(self):
+        if self._wdt_timeout_ns and self._now_ns() - self._wdt_last_ns > self._wdt_timeout_ns:
+            if self._timelapse_ns == 0:
+                print("wdt: watchdog timeout, resetting")
+                self.reset()
+
+    # Wi-Fi: the unix port uses the host's network directly
+    def wifi_connect(self, ssid, password):
+        pass
+
+    def wifi_status(self):
+        return "sim"
+
+    def rssi(self):
+        return None
+
+    # system
+    def mem_free(self):
+        return gc.mem_free()
+
+    def mem_alloc(self):
+        return gc.mem_alloc()
+
+    def console_source(self):
+        if self._stdin is None:
+            self._stdin = StdinSource()
+        return self._stdin
+
+    def reset(self):
+        sys.exit(RESET_EXIT_CODE)
