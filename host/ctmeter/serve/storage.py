@@ -1,0 +1,489 @@
+# SPDX-License-Identifier: MIT
+"""Where readings and alerts live: SQLite (default, WAL) or PostgreSQL (by URL).
+
+    store = open_storage("sqlite:///ctmeter.db")      # or "postgresql://user@host:5432/db"
+    fut = store.submit(rows)      # concurrent.futures.Future -> [True if new, False if duplicate]
+    store.insert(rows)            # the same, waiting for the commit
+    store.history(device_id=None, start_ms=None, end_ms=None, limit=50)
+    store.energy_rows(start_ms, end_ms, device_id=None)   # for usage and summaries
+    store.devices(); store.add_alert(...); store.alerts(...); store.update_alert(...)
+    store.close()
+
+Every write goes through one writer thread that takes whatever is queued and commits it as one
+transaction (group commit): many devices posting at once cost one commit, and a 2xx is only
+answered after the commit. Duplicates on (deviceId, seq) are ignored by a unique index.
+Reads use one connection per thread.
+"""
+
+import concurrent.futures
+import json
+import queue
+import sqlite3
+import threading
+from urllib.parse import unquote, urlparse
+
+from ctmeter.serve.validate import to_json
+
+COLUMNS = (
+    ("device_id", "device_id"),
+    ("channel", "channel"),
+    ("seq", "seq"),
+    ("ts_ms", "ts_ms"),
+    ("received_ms", "received_ms"),
+    ("current", "current_a"),
+    ("voltage", "voltage_v"),
+    ("power", "power_w"),
+    ("apparentPower", "apparent_va"),
+    ("powerFactor", "power_factor"),
+    ("energy_mwh", "energy_mwh"),
+    ("frequency", "frequency_hz"),
+    ("interval", "interval_s"),
+    ("source", "source"),
+)
+ROW_KEYS = [k for k, _ in COLUMNS]
+DB_COLS = [c for _, c in COLUMNS]
+MAX_BATCH = 2000
+ENERGY_LOOKBACK_MS = 2 * 86400 * 1000  # a reading this far before a range is its baseline
+
+_TYPES = {
+    "device_id": "TEXT NOT NULL", "channel": "INTEGER NOT NULL", "seq": "BIGINT",
+    "ts_ms": "BIGINT NOT NULL", "received_ms": "BIGINT NOT NULL", "energy_mwh": "BIGINT",
+    "source": "TEXT",
+}
+_READINGS_DDL = "CREATE TABLE IF NOT EXISTS readings ({})".format(
+    ", ".join(f"{c} {_TYPES.get(c, 'DOUBLE PRECISION')}" for c in DB_COLS)
+)
+_DEVICES_DDL = (
+    "CREATE TABLE IF NOT EXISTS devices (device_id TEXT PRIMARY KEY, last_seen_ms BIGINT NOT NULL,"
+    " interval_s DOUBLE PRECISION, last_ts_ms BIGINT NOT NULL, last_json TEXT NOT NULL)"
+)
+_ALERTS_DDL = (
+    "CREATE TABLE IF NOT EXISTS alerts (id {pk}, device_id TEXT NOT NULL, kind TEXT NOT NULL,"
+    " message TEXT NOT NULL, value DOUBLE PRECISION, created_ms BIGINT NOT NULL,"
+    " is_read INTEGER NOT NULL DEFAULT 0, resolved_ms BIGINT)"
+)
+_INSERT = "INSERT INTO readings ({}) VALUES ({})".format(
+    ", ".join(DB_COLS), ", ".join("?" for _ in DB_COLS)
+)
+_UPSERT_DEVICE = (
+    "INSERT INTO devices (device_id, last_seen_ms, interval_s, last_ts_ms, last_json)"
+    " VALUES (?, ?, ?, ?, ?) ON CONFLICT (device_id) DO UPDATE SET"
+    " last_seen_ms = CASE WHEN excluded.last_seen_ms > devices.last_seen_ms"
+    "   THEN excluded.last_seen_ms ELSE devices.last_seen_ms END,"
+    " interval_s = COALESCE(excluded.interval_s, devices.interval_s),"
+    " last_json = CASE WHEN excluded.last_ts_ms >= devices.last_ts_ms"
+    "   THEN excluded.last_json ELSE devices.last_json END,"
+    " last_ts_ms = CASE WHEN excluded.last_ts_ms >= devices.last_ts_ms"
+    "   THEN excluded.last_ts_ms ELSE devices.last_ts_ms END"
+)
+_ENERGY = (
+    "SELECT device_id, ts_ms, energy_mwh, prev_e, power_w, ts_ms - prev_ts AS gap_ms, interval_s"
+    " FROM (SELECT device_id, ts_ms, energy_mwh, power_w, interval_s,"
+    "   LAG(energy_mwh) OVER w AS prev_e, LAG(ts_ms) OVER w AS prev_ts"
+    "   FROM readings WHERE ts_ms >= ? AND ts_ms < ? {dev}"
+    "   WINDOW w AS (PARTITION BY device_id, channel ORDER BY ts_ms, seq)) t"
+    " WHERE ts_ms >= ? ORDER BY ts_ms"
+)
+
+
+class StorageError(RuntimeError):
+    pass
+
+
+def _db_row(row):
+    return tuple(row[k] for k in ROW_KEYS)
+
+
+def _from_db(values):
+    return to_json(dict(zip(ROW_KEYS, values, strict=True)))
+
+
+class Storage:
+    """Common code; subclasses give connect(), the DDL and the insert of one batch."""
+
+    placeholder = "?"
+
+    def __init__(self):
+        self._local = threading.local()
+        self._conns = []
+        self._lock = threading.Lock()
+        self._queue = queue.SimpleQueue()
+        self._closed = False
+        conn = self.connect()
+        self._setup(conn)
+        self._writer_conn = conn
+        self._writer = threading.Thread(target=self._write_loop, name="ctmeter-writer",
+                                         daemon=True)
+        self._writer.start()
+
+    # -- dialect hooks -------------------------------------------------------------
+    def connect(self):
+        raise NotImplementedError
+
+    def _setup(self, conn):
+        raise NotImplementedError
+
+    def _insert_batch(self, conn, rows):
+        raise NotImplementedError
+
+    def sql(self, text):
+        return text if self.placeholder == "?" else text.replace("?", self.placeholder)
+
+    # -- writes --------------------------------------------------------------------
+    def submit(self, rows):
+        """Queue rows for the writer; the future gives one bool per row (True = stored)."""
+        fut = concurrent.futures.Future()
+        if self._closed:
+            fut.set_exception(StorageError("storage is closed"))
+            return fut
+        self._queue.put((rows, fut))
+        return fut
+
+    def insert(self, rows, timeout=30):
+        return self.submit(rows).result(timeout)
+
+    def _write_loop(self):
+        conn = self._writer_conn
+        while True:
+            item = self._queue.get()
+            if item is None:
+                break
+            batch = [item]
+            count = len(item[0])
+            stop = False
+            while count < MAX_BATCH:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stop = True
+                    break
+                batch.append(nxt)
+                count += len(nxt[0])
+            self._write(conn, batch)
+            if stop:
+                break
+
+    def _write(self, conn, batch):
+        try:
+            flags = self._commit(conn, [r for rows, _ in batch for r in rows])
+        except Exception as exc:  # one bad request must not fail the others: retry one by one
+            self._rollback(conn)
+            if len(batch) == 1:
+                batch[0][1].set_exception(StorageError(str(exc)))
+                return
+            for item in batch:
+                self._write(conn, [item])
+            return
+        i = 0
+        for rows, fut in batch:
+            fut.set_result(flags[i:i + len(rows)])
+            i += len(rows)
+
+    def _commit(self, conn, rows):
+        flags = self._insert_batch(conn, rows)
+        latest = {}
+        for row in rows:
+            dev = latest.get(row["device_id"])
+            if dev is None or row["ts_ms"] >= dev["ts_ms"]:
+                latest[row["device_id"]] = row
+        seen = {}
+        for row in rows:
+            seen[row["device_id"]] = max(seen.get(row["device_id"], 0), row["received_ms"])
+        params = [
+            (d, seen[d], r["interval"], r["ts_ms"], json.dumps(to_json(r)))
+            for d, r in latest.items()
+        ]
+        cur = conn.cursor()
+        cur.executemany(self.sql(_UPSERT_DEVICE), params)
+        conn.commit()
+        return flags
+
+    def _rollback(self, conn):
+        try:
+            conn.rollback()
+        except Exception:  # noqa: BLE001  (the connection may already be gone)
+            pass
+
+    # -- reads ---------------------------------------------------------------------
+    def _conn(self):
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self.connect()
+            self._local.conn = conn
+            with self._lock:
+                self._conns.append(conn)
+        return conn
+
+    def query(self, text, params=()):
+        conn = self._conn()
+        cur = conn.cursor()
+        try:
+            cur.execute(self.sql(text), params)
+            rows = cur.fetchall() if cur.description else []
+            conn.commit()
+            return rows
+        except Exception:
+            self._rollback(conn)
+            raise
+
+    def execute(self, text, params=()):
+        """A write outside the readings path (alerts); returns the cursor's rowcount."""
+        conn = self._conn()
+        cur = conn.cursor()
+        try:
+            cur.execute(self.sql(text), params)
+            n = cur.rowcount
+            conn.commit()
+            return n
+        except Exception:
+            self._rollback(conn)
+            raise
+
+    def history(self, device_id=None, start_ms=None, end_ms=None, limit=50):
+        """Readings in [start, end), newest `limit` of them, returned oldest first."""
+        where, params = self._where(device_id, start_ms, end_ms)
+        text = f"SELECT {', '.join(DB_COLS)} FROM readings{where} ORDER BY ts_ms DESC, seq DESC"
+        if limit is not None:
+            text += " LIMIT ?"
+            params.append(int(limit))
+        rows = self.query(text, params)
+        return [_from_db(r) for r in reversed(rows)]
+
+    @staticmethod
+    def _where(device_id, start_ms, end_ms):
+        clauses, params = [], []
+        if device_id:
+            clauses.append("device_id = ?")
+            params.append(device_id)
+        if start_ms is not None:
+            clauses.append("ts_ms >= ?")
+            params.append(int(start_ms))
+        if end_ms is not None:
+            clauses.append("ts_ms < ?")
+            params.append(int(end_ms))
+        return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
+
+    def count(self, device_id=None):
+        where, params = self._where(device_id, None, None)
+        return self.query(f"SELECT COUNT(*) FROM readings{where}", params)[0][0]
+
+    def energy_rows(self, start_ms, end_ms, device_id=None):
+        """(device_id, ts_ms, energy_mwh, prev_energy_mwh, power_w, gap_ms, interval_s) rows."""
+        dev = "AND device_id = ?" if device_id else ""
+        params = [int(start_ms) - ENERGY_LOOKBACK_MS, int(end_ms)]
+        if device_id:
+            params.append(device_id)
+        params.append(int(start_ms))
+        return self.query(_ENERGY.format(dev=dev), params)
+
+    def devices(self):
+        rows = self.query(
+            "SELECT device_id, last_seen_ms, interval_s, last_json FROM devices ORDER BY device_id"
+        )
+        return [
+            {"deviceId": d, "last_seen_ms": s, "interval": i, "last": json.loads(j)}
+            for d, s, i, j in rows
+        ]
+
+    # -- alerts --------------------------------------------------------------------
+    def add_alert(self, device_id, kind, message, value, created_ms):
+        raise NotImplementedError
+
+    def alerts(self, device_id=None, active=None, unread=None, limit=200):
+        clauses, params = [], []
+        if device_id:
+            clauses.append("device_id = ?")
+            params.append(device_id)
+        if active is not None:
+            clauses.append("resolved_ms IS NULL" if active else "resolved_ms IS NOT NULL")
+        if unread is not None:
+            clauses.append("is_read = ?")
+            params.append(0 if unread else 1)
+        where = " WHERE " + " AND ".join(clauses) if clauses else ""
+        params.append(int(limit))
+        rows = self.query(
+            "SELECT id, device_id, kind, message, value, created_ms, is_read, resolved_ms"
+            f" FROM alerts{where} ORDER BY id DESC LIMIT ?", params)
+        return [
+            {"id": i, "deviceId": d, "kind": k, "message": m, "value": v, "created": c / 1000,
+             "read": bool(r), "resolved": None if rs is None else rs / 1000}
+            for i, d, k, m, v, c, r, rs in rows
+        ]
+
+    def update_alert(self, alert_id, read=None, resolved_ms=None):
+        """Mark an alert read and/or resolved; False if there is no such alert."""
+        sets, params = [], []
+        if read is not None:
+            sets.append("is_read = ?")
+            params.append(1 if read else 0)
+        if resolved_ms is not None:
+            sets.append("resolved_ms = COALESCE(resolved_ms, ?)")
+            params.append(int(resolved_ms))
+        if not sets:
+            return True
+        params.append(int(alert_id))
+        return self.execute(f"UPDATE alerts SET {', '.join(sets)} WHERE id = ?", params) > 0
+
+    # -- lifetime ------------------------------------------------------------------
+    def close(self):
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.put(None)
+        self._writer.join(30)
+        with self._lock:
+            conns, self._conns = self._conns + [self._writer_conn], []
+        for conn in conns:
+            try:
+                conn.close()
+            except Exception:  # noqa: BLE001  (closing from another thread may complain)
+                pass
+
+
+class SQLiteStorage(Storage):
+    kind = "sqlite"
+
+    def __init__(self, path):
+        self.path = path
+        super().__init__()
+
+    def connect(self):
+        conn = sqlite3.connect(self.path, timeout=10, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA busy_timeout=10000")
+        return conn
+
+    def _setup(self, conn):
+        conn.execute(_READINGS_DDL)
+        conn.execute(_DEVICES_DDL)
+        conn.execute(_ALERTS_DDL.format(pk="INTEGER PRIMARY KEY AUTOINCREMENT"))
+        conn.execute("CREATE UNIQUE INDEX IF NOT EXISTS readings_dev_seq ON readings"
+                     " (device_id, seq)")
+        conn.execute("CREATE INDEX IF NOT EXISTS readings_dev_ts ON readings (device_id, ts_ms)")
+        conn.execute("CREATE INDEX IF NOT EXISTS readings_ts ON readings (ts_ms)")
+        conn.commit()
+
+    def _insert_batch(self, conn, rows):
+        cur = conn.cursor()
+        text = _INSERT.replace("INSERT INTO", "INSERT OR IGNORE INTO")
+        flags = []
+        for row in rows:
+            cur.execute(text, _db_row(row))
+            flags.append(cur.rowcount == 1)
+        return flags
+
+    def add_alert(self, device_id, kind, message, value, created_ms):
+        conn = self._conn()
+        cur = conn.execute(
+            "INSERT INTO alerts (device_id, kind, message, value, created_ms) VALUES (?,?,?,?,?)",
+            (device_id, kind, message, value, int(created_ms)))
+        conn.commit()
+        return cur.lastrowid
+
+
+class PostgresStorage(Storage):
+    kind = "postgresql"
+    placeholder = "%s"
+
+    def __init__(self, url):
+        import psycopg  # only needed for PostgreSQL
+
+        self._psycopg = psycopg
+        self.url = url
+        self.hypertable = False
+        super().__init__()
+
+    def connect(self):
+        try:
+            return self._psycopg.connect(self.url, connect_timeout=10)
+        except self._psycopg.OperationalError as exc:
+            raise StorageError(f"cannot connect to PostgreSQL: {exc}".split("\n")[0]) from exc
+
+    def _setup(self, conn):
+        cur = conn.cursor()
+        cur.execute("SELECT pg_advisory_lock(7261)")  # two collectors starting at once
+        try:
+            cur.execute("SELECT to_regclass('readings') IS NULL")
+            fresh = cur.fetchone()[0]
+            cur.execute(_READINGS_DDL)
+            cur.execute(_DEVICES_DDL)
+            cur.execute(_ALERTS_DDL.format(pk="BIGSERIAL PRIMARY KEY"))
+            self.hypertable = fresh and self._try_hypertable(conn)
+            if not fresh:
+                cur.execute("SELECT 1 FROM pg_indexes WHERE indexname = 'readings_dev_seq_ts'")
+                self.hypertable = cur.fetchone() is not None
+            # A hypertable's unique index must contain its time column: a replayed reading
+            # carries its original ts, so (device, seq, ts) still catches every duplicate.
+            if self.hypertable:
+                cur.execute("CREATE UNIQUE INDEX IF NOT EXISTS readings_dev_seq_ts ON readings"
+                            " (device_id, seq, ts_ms)")
+            else:
+                cur.execute("CREATE UNIQUE INDEX IF NOT EXISTS readings_dev_seq ON readings"
+                            " (device_id, seq)")
+            cur.execute("CREATE INDEX IF NOT EXISTS readings_dev_ts ON readings"
+                        " (device_id, ts_ms)")
+            cur.execute("CREATE INDEX IF NOT EXISTS readings_ts ON readings (ts_ms)")
+            conn.commit()
+        finally:
+            cur.execute("SELECT pg_advisory_unlock(7261)")
+            conn.commit()
+
+    def _try_hypertable(self, conn):
+        cur = conn.cursor()
+        cur.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'")
+        if cur.fetchone() is None:
+            return False
+        conn.commit()
+        try:
+            cur.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
+            cur.execute("SELECT create_hypertable('readings', 'ts_ms',"
+                        " chunk_time_interval => 86400000, if_not_exists => TRUE)")
+            conn.commit()
+            return True
+        except self._psycopg.Error:  # e.g. not in shared_preload_libraries
+            conn.rollback()
+            return False
+
+    def _insert_batch(self, conn, rows):
+        cur = conn.cursor()
+        text = self.sql(_INSERT) + " ON CONFLICT DO NOTHING RETURNING 1"
+        cur.executemany(text, [_db_row(r) for r in rows], returning=True)
+        flags = []
+        while True:
+            flags.append(cur.fetchone() is not None)
+            if not cur.nextset():
+                break
+        return flags
+
+    def add_alert(self, device_id, kind, message, value, created_ms):
+        conn = self._conn()
+        cur = conn.cursor()
+        try:
+            cur.execute(
+                "INSERT INTO alerts (device_id, kind, message, value, created_ms)"
+                " VALUES (%s,%s,%s,%s,%s) RETURNING id",
+                (device_id, kind, message, value, int(created_ms)))
+            alert_id = cur.fetchone()[0]
+            conn.commit()
+            return alert_id
+        except Exception:
+            self._rollback(conn)
+            raise
+
+
+def open_storage(url):
+    """sqlite:///relative.db, sqlite:////absolute.db, a bare path, or postgresql://..."""
+    if url.startswith(("postgresql://", "postgres://")):
+        return PostgresStorage(url)
+    if url.startswith("sqlite://"):
+        path = unquote(urlparse(url).path)
+        path = path[1:] if path.startswith("/") else path
+        if not path:
+            raise StorageError("sqlite URL needs a file path: sqlite:///ctmeter.db")
+        return SQLiteStorage(path)
+    if "://" in url:
+        raise StorageError(f"unsupported database URL scheme: {url.split('://')[0]}")
+    return SQLiteStorage(url)
