@@ -40,7 +40,11 @@ CHIPS = {
     "esp32s3": Chip("xtensawin", 0x0, frozenset(range(1, 11)), 3300),
     "esp32c3": Chip("rv32imc", 0x0, frozenset(range(0, 5)), 2700),
     "esp32c6": Chip("rv32imc", 0x0, frozenset(range(0, 7)), 3300),
+    # The virtual board (`ctmeter sim`): the MicroPython unix port on x86-64 modelling an
+    # ESP32's ADC. Nothing is flashed to it ("firmware": null), deploy compiles for x64.
+    "unix": Chip("x64", 0x0, frozenset(range(32, 40)), 2600),
 }
+VIRTUAL_CHIPS = {"unix"}
 
 ATTENUATIONS_DB = (0, 2.5, 6, 11)  # MicroPython's ADC.ATTN_0DB .. ATTN_11DB
 MAX_CURRENT_CHANNELS = 4
@@ -80,7 +84,7 @@ class Board:
     chip: str
     mpy_cross_arch: str
     flash_offset: int
-    firmware: Firmware
+    firmware: Firmware | None  # None only for a virtual chip
     adc_bits: int
     vref_mv_nominal: int
     atten: float
@@ -165,7 +169,10 @@ def validate(data, path=None) -> Board:
         fail(f"flash_offset: the {chip_name} image goes at {hex(chip.flash_offset)}, "
              f"not {hex(offset)}")
 
-    firmware = _firmware(data["firmware"], fail)
+    if chip_name in VIRTUAL_CHIPS and data["firmware"] is None:
+        firmware = None  # nothing to flash: the unix port runs from the host
+    else:
+        firmware = _firmware(data["firmware"], fail)
 
     adc_bits = _int(data, "adc_bits", fail)
     if adc_bits != 12:

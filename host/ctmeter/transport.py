@@ -1,0 +1,140 @@
+# SPDX-License-Identifier: MIT
+"""Open a board's serial port on demand, with errors a person can act on.
+
+    ser = open_serial("/dev/ttyUSB0")          # pyserial object (serial_for_url, exclusive)
+    with connect("/dev/ttyUSB0") as dev:       # mpremote SerialTransport in the raw REPL
+        dev.exec("print(1)")                   # every mpremote Transport method works
+    # the port is closed (and the board back in the friendly REPL) whatever happened
+
+Ports are opened with `serial.serial_for_url`, so `/dev/ttyUSB0`, a pty, `socket://host:port`
+and `loop://` all work. Failures become PortError (a CommandError, exit code EXIT_PORT) with
+the cause classified: a port that does not exist, one locked by another program, one we may
+not open; errors while talking to the board become DeviceError (EXIT_DEVICE).
+"""
+
+from __future__ import annotations
+
+import errno
+from contextlib import contextmanager
+
+import serial
+from mpremote.transport import TransportError, TransportExecError
+from mpremote.transport_serial import SerialTransport
+
+from ctmeter.errors import CommandError
+
+# Exit codes shared by the commands that talk to a board (documented in `ctmeter flash --help`).
+EXIT_USAGE = 2  # bad arguments or config, refused before touching the board
+EXIT_PORT = 3  # port missing, busy or not permitted
+EXIT_DEVICE = 4  # the board answered wrongly or not at all
+EXIT_CHIP = 5  # the chip is not the board definition's chip
+EXIT_IMAGE = 6  # the firmware image is missing, unverifiable or fails its checksum
+EXIT_TIMEOUT = 7  # the meter did not report its boot line in time
+
+EXIT_CODES_HELP = (
+    "exit codes: 0 done, 1 other error, 2 bad arguments or config, 3 port missing/busy, "
+    "4 board not answering, 5 wrong chip, 6 bad or unverified image, 7 no boot line in time"
+)
+
+
+class PortError(CommandError):
+    """The serial port could not be opened."""
+
+    def __init__(self, message, hint=""):
+        super().__init__(message, hint, EXIT_PORT)
+
+
+class DeviceError(CommandError):
+    """The board did not answer as MicroPython should."""
+
+    def __init__(self, message, hint=""):
+        super().__init__(message, hint, EXIT_DEVICE)
+
+
+def classify(port: str, exc: BaseException) -> PortError:
+    """Turn a pyserial/OS error from opening `port` into a PortError saying what to do."""
+    code = getattr(exc, "errno", None)
+    text = str(exc)
+    if code == errno.ENOENT or "No such file" in text:
+        return PortError(f"no such port {port}",
+                         "is the board plugged in? list ports with "
+                         "`python -m serial.tools.list_ports`")
+    if code in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EBUSY) or "exclusively lock" in text:
+        return PortError(f"port {port} is busy",
+                         "is the port used by another program? close any console, mpremote "
+                         "or screen session on it")
+    if code in (errno.EACCES, errno.EPERM) or "Permission denied" in text:
+        return PortError(f"no permission to open {port}",
+                         "add yourself to the dialout (or uucp) group and log in again")
+    return PortError(f"cannot open {port}: {text}")
+
+
+def open_serial(port: str, baudrate: int = 115200, timeout: float | None = 1.0,
+                **kwargs) -> serial.SerialBase:
+    """An open, exclusively locked pyserial port for `port` (any serial_for_url URL)."""
+    if not port:
+        raise PortError("no port given", "pass --port, e.g. --port /dev/ttyUSB0")
+    try:
+        return serial.serial_for_url(port, baudrate=baudrate, timeout=timeout, exclusive=True,
+                                     **kwargs)
+    except (serial.SerialException, OSError, ValueError) as exc:
+        raise classify(port, exc) from exc
+
+
+def _why_not(port: str) -> PortError:
+    """Open the port once more to learn why mpremote could not (it only says 'failed')."""
+    try:
+        open_serial(port).close()
+    except PortError as exc:
+        return exc
+    return PortError(f"cannot open {port}", "the port opened on a second try; retry")
+
+
+@contextmanager
+def connect(port: str, soft_reset: bool = True, timeout: float = 10):
+    """mpremote's SerialTransport on `port`, in the raw REPL; always left and closed.
+
+    `soft_reset` gives a fresh interpreter (main.py stopped, heap free); the watchdog, if the
+    firmware armed one, keeps running, so callers keep their sessions short.
+    """
+    if not port:
+        raise PortError("no port given", "pass --port, e.g. --port /dev/ttyUSB0")
+    try:
+        transport = SerialTransport(port, baudrate=115200)
+    except TransportError as exc:
+        raise _why_not(port) from exc
+    except (serial.SerialException, OSError) as exc:
+        raise classify(port, exc) from exc
+    try:
+        try:
+            transport.enter_raw_repl(soft_reset=soft_reset, timeout_overall=timeout)
+        except TransportError as exc:
+            raise DeviceError(f"no MicroPython REPL on {port}",
+                              "is MicroPython flashed (ctmeter flash)? is this the board's "
+                              "port?") from exc
+        yield transport
+    finally:
+        try:
+            if transport.in_raw_repl:
+                transport.exit_raw_repl()
+        except (OSError, serial.SerialException):
+            pass
+        try:
+            transport.close()
+        except (OSError, serial.SerialException):
+            pass
+
+
+def run(transport, code: str, what: str) -> bytes:
+    """Execute `code` on the board; a device-side exception becomes a DeviceError."""
+    try:
+        return transport.exec(code)
+    except TransportExecError as exc:
+        last = exc.error_output.strip().splitlines()[-1:] or ["?"]
+        raise DeviceError(f"{what} failed on the board: {last[0]}") from exc
+    except TransportError as exc:
+        raise DeviceError(f"{what}: the board stopped answering ({exc})",
+                          "did it reset? try again") from exc
+    except (serial.SerialException, OSError) as exc:
+        raise DeviceError(f"{what}: serial link lost ({exc})", "is the cable plugged in?") \
+            from exc
