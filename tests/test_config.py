@@ -6,10 +6,10 @@ import json
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from meter import config as cfgmod
 from meter.config import BACKUP, CONFIG, Config, ConfigError, validate
 from meter.flashfs import FlashFS
+
 from tests.fault_fs import FaultFS, PowerCut, compiled_meter
 
 SECRET_VALUES = {"wifi.password": "hunter2-wifi-pass", "http.token": "tok-9f8e7d6c5b4a",

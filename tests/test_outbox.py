@@ -5,10 +5,10 @@ import json
 import random
 
 import pytest
-
 from meter import outbox, reading
 from meter.flashfs import FlashFS
 from meter.outbox import Outbox, OutboxError
+
 from tests.fault_fs import FaultFS, PowerCut, compiled_meter
 
 

@@ -7,10 +7,10 @@ import random
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from meter import persist
 from meter.flashfs import FlashFS
 from meter.persist import SLOTS, CounterStore, PersistError
+
 from tests.fault_fs import FaultFS, PowerCut, compiled_meter
 
 
@@ -146,7 +146,6 @@ def run_until_cut(root, budget, junk, rng, interval_s, start_ms):
     used_seq = -1
     try:
         s.load(channels=2, now_ms=now)
-        loaded = list(s.energy)
         energy = list(s.energy)
         while True:
             now += 1000
