@@ -1,0 +1,511 @@
+# SPDX-License-Identifier: MIT
+"""The meter: board -> sampling -> metering -> energy -> readings -> outbox/publishers,
+with persistence and the console, in one cooperative loop.
+
+    from meter.app import Meter
+    Meter().run()          # device/main.py does this
+
+One loop iteration = one window: whole mains cycles (10, ~200 ms at 50 Hz) sampled in ONE
+contiguous paced burst (allocation-free: board.read_frames, then WindowAccumulator.add).
+A window must be contiguous: any pause inside it (console, bookkeeping) would drop samples
+and break the whole-cycle assumption that makes the DC removal and RMS exact. 200 ms is
+short enough for Ctrl-C and the watchdog. Then the light work between windows: results and
+energy, console input, and at the
+reading interval (default 10 s) one reading per channel, delivered over HTTP (one POST
+with all channels, so a 300 ms link costs 3 % of the time at 10 s) and/or MQTT. Readings
+that cannot be delivered go to the on-flash outbox and are replayed in order. The energy
+counters and seq are persisted on a schedule and at a clean stop (Ctrl-C, `reboot`).
+
+Energy integrates each window's power over the whole time since the previous window
+ended (ticks, wrap-safe), so time spent on the network is still counted: duty affects
+what is *seen*, not what is integrated.
+"""
+
+import gc
+import json
+import math
+import sys
+from array import array
+
+from meter import reading
+from meter.board import make_board
+from meter.calib import Calibration, CalibrationError
+from meter.config import Config, ConfigError
+from meter.console import Console, ConsoleError
+from meter.energy import EnergyCounter, EnergyError
+from meter.flashfs import FlashFS
+from meter.metering import MeterError, WindowAccumulator, rms_counts
+from meter.outbox import Outbox, OutboxError
+from meter.persist import CounterStore, PersistError
+
+VERSION = "0.1.0"
+BOOT_PREFIX = "ctmeter-boot "
+_BUF_BYTES = 8192  # the window buffer: 10 cycles at 4 kHz of 5 inputs fit
+_CYCLES = 10  # mains cycles per window (fewer when fs * inputs would not fit the buffer)
+_LOWEST_HZ = 45
+_WDT_MS = 30000
+_BACKOFF_MIN_MS = 2000
+_BACKOFF_MAX_MS = 300000
+_DRAIN_BATCHES = 4  # outbox batches per loop turn while draining (each costs a round trip)
+_BATCH = 8
+_CAL_WINDOWS = 25  # 5 s of 10-cycle windows at 50 Hz per calibration measurement
+# SCT-013-030 (30 A per volt) at 11 dB, 3.3 V over 4096 codes: the scale when the host
+# wrote none. Deploy computes the right one from sensor profile, burden and board.
+_DEFAULT_AMPS_PER_COUNT = 30.0 * 3.3 / 4096
+_DEFAULT_VOLTS_PER_COUNT = 0.3
+
+
+class _Interval:
+    """Time-weighted sums of one channel's window results over a reading interval."""
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self):
+        self.t = 0.0
+        self.i2 = 0.0
+        self.p = 0.0
+        self.s = 0.0
+        self.v2 = 0.0
+        self.f = 0.0
+
+    def add(self, r, dt):
+        self.t += dt
+        self.i2 += r.irms * r.irms * dt
+        self.p += r.power * dt
+        self.s += r.apparent * dt
+        self.v2 += r.voltage * r.voltage * dt
+        self.f += r.frequency * dt
+
+
+class Meter:
+    def __init__(self, board=None, fs=None):
+        self.fs = fs or FlashFS("/" if sys.platform == "esp32" else ".")
+        self.cfg = Config(self.fs)
+        c = self.cfg.data
+        self.problems = list(self.cfg.problems)
+        chans = c["channels"]
+        volt = c["voltage"]
+        self.nchan = len(chans)
+        self.vch = self.nchan if volt is not None else None
+        self.fs_hz = c["sample_rate_hz"]
+        self.board = board or make_board([ch["pin"] for ch in chans],
+                                         volt["pin"] if volt else None, 11, self.fs_hz)
+        self.nch = self.board.nch
+        scales = []
+        for ch in chans:
+            scales.append(ch["amps_per_count"] or _DEFAULT_AMPS_PER_COUNT)
+        if volt is not None:
+            scales.append(volt["volts_per_count"] or _DEFAULT_VOLTS_PER_COUNT)
+        self.calibs = []
+        for i, ch in enumerate(chans + ([volt] if volt else [])):
+            try:
+                self.calibs.append(Calibration.from_dict(ch["calibration"]))
+            except CalibrationError as exc:
+                self.problems.append("channel %d calibration ignored: %s" % (i, exc))
+                self.calibs.append(Calibration())
+        mains = c["mains_hz"]
+        self.acc = WindowAccumulator(self.nch, scales, vch=self.vch, calib=self.calibs,
+                                     nominal_v=float(c["nominal_voltage"]),
+                                     nominal_hz=50.0 if mains == "auto" else float(mains))
+        cap = _BUF_BYTES // (2 * self.nch)
+        self.cycles = max(1, min(_CYCLES, cap * _LOWEST_HZ // self.fs_hz))
+        self.buf_frames = cap
+        self.buf = array("H", bytes(2 * cap * self.nch))
+        # persistence: 4 ints per channel (energy counter state)
+        self.store = CounterStore(self.fs, interval_s=c["persist_interval_s"])
+        self.store.load(channels=4 * self.nchan, now_ms=self.board.ticks_ms())
+        self.problems += self.store.problems
+        e = self.store.energy
+        self.energy = [EnergyCounter(*e[4 * i:4 * i + 4]) for i in range(self.nchan)]
+        self.outbox = Outbox(self.fs.subdir("outbox"))
+        self.problems += self.outbox.problems
+        self.intervals = [_Interval() for _ in range(self.nchan)]
+        self.last = []  # latest window results
+        self.last_readings = []
+        self.windows = 0
+        self.sampled_frames = 0
+        self.duty = 0.0
+        self._duty_frames = 0
+        self._duty_start_us = None
+        self.post_result = "none yet"
+        self.posts_ok = 0
+        self.posts_failed = 0
+        self._backoff_ms = 0
+        self._retry_at = None
+        self._http = None
+        self._mqtt = None
+        self._setup_publishers()
+        self.console = Console(out=self._out, mode=c["console"]["mode"], channels=self.nchan,
+                               inputs=self.nch, source=self.board.console_source(),
+                               app_errors=(ConfigError, CalibrationError, EnergyError,
+                                           MeterError, PersistError, OutboxError),
+                               secrets=self._secrets)
+        self._bind_console()
+        self._scope_req = None
+        self.scope_data = None
+        self._cal_req = None
+        self.last_raw = []
+        self.uptime_ms = 0
+        self.running = False
+
+    # ---------------------------------------------------------------- setup
+    def _secrets(self):
+        return tuple(s for s in (self.cfg.secret("wifi.password"), self.cfg.secret("http.token"),
+                                 self.cfg.secret("mqtt.password")) if s)
+
+    def _out(self, line):
+        print(line)
+
+    def _setup_publishers(self):
+        c = self.cfg.data
+        cadata = None
+        if c["tls"]["ca"]:
+            try:
+                cadata = self.fs.read(c["tls"]["ca"])
+            except OSError:
+                self.problems.append("tls.ca file not found on flash")
+        if c["http"]["enabled"]:
+            from meter.http_post import HttpPoster, PostError
+
+            try:
+                self._http = HttpPoster(c["http"]["url"], self.cfg.secret("http.token") or None,
+                                        cadata=cadata, timeout_ms=int(c["http"]["timeout_s"] * 1000),
+                                        default_path=c["http"]["path"])
+            except PostError as exc:
+                self.problems.append("http disabled: %s" % exc)
+        if c["mqtt"]["enabled"]:
+            try:
+                from meter.mqtt_pub import MqttPublisher
+
+                self._mqtt = MqttPublisher(c["mqtt"]["url"], c["device_id"],
+                                           user=c["mqtt"]["user"] or None,
+                                           password=self.cfg.secret("mqtt.password") or None,
+                                           prefix=c["mqtt"]["prefix"],
+                                           discovery=c["mqtt"]["discovery"],
+                                           channels=[ch["name"] for ch in c["channels"]],
+                                           cadata=cadata)
+            except ImportError as exc:
+                self.problems.append("mqtt disabled: %s" % exc)
+            except ValueError as exc:
+                self.problems.append("mqtt disabled: %s" % exc)
+
+    # ---------------------------------------------------------------- main loop
+    def run(self):
+        c = self.cfg.data
+        self.board.wifi_connect(c["wifi"]["ssid"], self.cfg.secret("wifi.password"))
+        print(BOOT_PREFIX + json.dumps({
+            "version": VERSION, "device": c["device_id"], "platform": self.board.platform,
+            "channels": self.nchan, "voltage": self.vch is not None,
+            "sample_rate_hz": self.fs_hz, "boots": self.store.boots,
+            "problems": self.problems}))
+        self.board.wdt_start(_WDT_MS)
+        self.running = True
+        self._start_us = self.board.ticks_us()
+        self._window_end_us = self._start_us
+        self._interval_start_ms = self.board.ticks_ms()
+        self._duty_start_us = self._start_us
+        try:
+            while self.running:
+                self.step()
+        finally:
+            self.shutdown()
+
+    def step(self):
+        """One window of samples and the work due after it."""
+        n = self.acc.window_frames(self.fs_hz, self.cycles)
+        if n > self.buf_frames:
+            n = self.buf_frames
+        self.board.read_frames(self.buf, 0, n)
+        self.acc.add(self.buf, 0, n)
+        if self._scope_req is not None:
+            self._scope_collect(n)
+        self._duty_frames += n
+        self.sampled_frames += n
+        self._end_window()
+        self.console.poll()
+        self.board.wdt_feed()
+
+    def _end_window(self):
+        b = self.board
+        acc = self.acc
+        self.last_raw = [acc.raw_sums(c) for c in range(self.nch)]
+        if self._cal_req is not None:
+            self._cal_collect()
+        results = acc.finish(self.fs_hz)
+        now = b.ticks_us()
+        dt_us = b.ticks_diff(now, self._window_end_us)
+        self._window_end_us = now
+        dt = dt_us / 1e6
+        for i in range(self.nchan):
+            r = results[i]
+            self.energy[i].add(r.power, dt_us)
+            self.intervals[i].add(r, dt)
+        self.last = results
+        self.windows += 1
+        self.uptime_ms += dt_us // 1000
+        b.after_window()
+        now_ms = b.ticks_ms()
+        if b.ticks_diff(now_ms, self._interval_start_ms) >= self.cfg.data["interval_s"] * 1000:
+            self._interval_start_ms = now_ms
+            self._update_duty()
+            self._make_readings()
+        self._deliver(now_ms)
+        if self.store.should_persist(now_ms):
+            self._persist(now_ms)
+
+    def _update_duty(self):
+        now = self.board.ticks_us()
+        span = self.board.ticks_diff(now, self._duty_start_us)
+        if span > 0:
+            self.duty = self._duty_frames * 1e6 / self.fs_hz / span
+        self._duty_frames = 0
+        self._duty_start_us = now
+
+    # ---------------------------------------------------------------- readings
+    def _make_readings(self):
+        c = self.cfg.data
+        ts = self.board.unix_time()
+        out = []
+        for i in range(self.nchan):
+            a = self.intervals[i]
+            if a.t <= 0:
+                continue
+            irms = math.sqrt(a.i2 / a.t)
+            p = a.p / a.t
+            s = a.s / a.t
+            pf = p / s if s > 0 else 0.0
+            v = math.sqrt(a.v2 / a.t)
+            f = a.f / a.t
+            body = reading.encode(c["device_id"], self.store.next_seq(), ts, i + 1, irms, v,
+                                  p, s, pf, self.energy[i].mwh, f, a.t)
+            out.append(body)
+            a.reset()
+        self.last_readings = out
+        gc.collect()
+        if self._mqtt is not None:
+            self._mqtt_publish(out)
+        if self._http is None:
+            return
+        if self.outbox.depth() == 0 and self._link_ready():
+            if self._post(out):
+                return
+        for body in out:
+            self.outbox.append(body)
+
+    def _link_ready(self):
+        if self._retry_at is None:
+            return True
+        return self.board.ticks_diff(self.board.ticks_ms(), self._retry_at) >= 0
+
+    def _post(self, bodies):
+        from meter.http_post import PostError
+
+        try:
+            status = self._http.post_batch(bodies) if len(bodies) > 1 else \
+                self._http.post(bodies[0])
+        except PostError as exc:
+            self._failed("error: %s" % exc.kind)
+            return False
+        if 200 <= status < 300:
+            self.post_result = "ok %d" % status
+            self.posts_ok += 1
+            self._backoff_ms = 0
+            self._retry_at = None
+            return True
+        self._failed("http %d" % status)
+        return False
+
+    def _failed(self, why):
+        self.post_result = why
+        self.posts_failed += 1
+        self._backoff_ms = min(_BACKOFF_MAX_MS, max(_BACKOFF_MIN_MS, self._backoff_ms * 2))
+        self._retry_at = (self.board.ticks_ms() + self._backoff_ms) & ((1 << 30) - 1)
+
+    def _deliver(self, now_ms):
+        """Drain the outbox, oldest first, while the link answers."""
+        if self._http is None or self.outbox.depth() == 0 or not self._link_ready():
+            return
+        for _ in range(_DRAIN_BATCHES):
+            batch = self.outbox.peek(_BATCH)
+            if not batch:
+                return
+            if not self._post(batch):
+                return
+            self.outbox.ack(len(batch))
+
+    def _mqtt_publish(self, bodies):
+        try:
+            self._mqtt.publish_readings(bodies)
+        except OSError as exc:  # the publisher raises OSError subclasses on link failures
+            self.problems_mqtt = str(exc)
+
+    # ---------------------------------------------------------------- persistence
+    def _energy_state(self):
+        out = []
+        for e in self.energy:
+            out += [e.mwh, e.rem, e.export_mwh, e.export_rem]
+        return out
+
+    def _persist(self, now_ms=None):
+        try:
+            self.store.save(self._energy_state(), now_ms)
+        except PersistError as exc:
+            self.problems.append(str(exc))
+
+    def shutdown(self):
+        """Clean stop: persist the counters (Ctrl-C, reboot, end of a test run)."""
+        self._persist(self.board.ticks_ms())
+
+    # ---------------------------------------------------------------- console
+    def _bind_console(self):
+        con = self.console
+        con.register("status", self._c_status)
+        con.register("read", self._c_read)
+        con.register("adc", self._c_adc)
+        con.register("scope", self._c_scope)
+        con.register("config get", self._c_config_get)
+        con.register("config set", self._c_config_set)
+        con.register("cal show", self._c_cal_show)
+        con.register("cal zero", self._c_cal_zero)
+        con.register("cal point", self._c_cal_point)
+        con.register("cal apply", self._c_cal_apply)
+        con.register("cal clear", self._c_cal_clear)
+        con.register("energy set", self._c_energy_set)
+        con.register("energy reset", self._c_energy_reset)
+        con.register("reboot", self._c_reboot)
+
+    def _c_status(self):
+        b = self.board
+        rate, late = b.sampling_stats()
+        return {
+            "version": VERSION, "device": self.cfg.data["device_id"],
+            "uptime_s": self._uptime_s(), "heap_free": b.mem_free(), "heap_used": b.mem_alloc(),
+            "wifi": b.wifi_status(), "rssi": b.rssi(), "last_post": self.post_result,
+            "posts_ok": self.posts_ok, "posts_failed": self.posts_failed,
+            "outbox": self.outbox.status(), "duty": round(self.duty, 4),
+            "sample_rate_hz": rate, "jitter_us": late, "windows": self.windows,
+            "seq": self.store.seq, "boots": self.store.boots,
+            "energy_kwh": [reading.kwh_text(e.mwh) for e in self.energy],
+            "problems": self.problems[-5:],
+        }
+
+    def _uptime_s(self):
+        return self.uptime_ms // 1000
+
+    def _result(self, r):
+        return {"irms": round(r.irms, 4), "power": round(r.power, 2),
+                "apparent": round(r.apparent, 2), "pf": round(r.pf, 4),
+                "voltage": round(r.voltage, 2), "frequency": round(r.frequency, 3)}
+
+    def _c_read(self):
+        out = {}
+        for r in self.last:
+            if not r.is_voltage:
+                d = self._result(r)
+                d["energy_kwh"] = reading.kwh_text(self.energy[r.channel].mwh)
+                out["ch%d" % (r.channel + 1)] = d
+        return out
+
+    def _c_adc(self):
+        out = {}
+        for r in self.last:
+            # noise: RMS in codes of the window (with no load it is the ADC noise)
+            noise = self._raw_rms(r) / self.acc.scales[r.channel]
+            out["in%d" % r.channel] = {"min": r.min, "max": r.max, "mean": round(r.mean, 2),
+                                       "rms_codes": round(noise, 3), "clipped": r.clipped,
+                                       "voltage": r.is_voltage}
+        return out
+
+    def _raw_rms(self, r):
+        # the window's RMS before calibration (noise floor and gain not applied)
+        n, s, q = self.last_raw[r.channel][:3]
+        return self.acc.scales[r.channel] * rms_counts(n, s, q)
+
+    def _c_scope(self, ch, n):
+        # collected from the next bursts without stopping the meter
+        self._scope_req = (ch, n)
+        self.scope_data = array("H", bytes(2 * n))
+        self._scope_len = 0
+        while self._scope_len < n:
+            self.step()
+        data = self.scope_data
+        self.scope_data = None
+        return {"input": ch, "sample_rate_hz": self.fs_hz, "n": n,
+                "codes": list(data)}
+
+    def _scope_collect(self, n):
+        ch, want = self._scope_req
+        i = 0
+        while i < n and self._scope_len < want:
+            self.scope_data[self._scope_len] = self.buf[i * self.nch + ch]
+            self._scope_len += 1
+            i += 1
+        if self._scope_len >= want:
+            self._scope_req = None
+
+    def _c_config_get(self, key=None):
+        if key is None:
+            return self.cfg.redacted()
+        return {key: self.cfg.get(key)}
+
+    def _c_config_set(self, key, value):
+        self.cfg.set_text(key, value)
+        return {key: self.cfg.get(key), "applies": "after reboot"}
+
+    def _c_cal_show(self):
+        return {"ch%d" % (i + 1): c.to_dict() for i, c in enumerate(self.calibs)}
+
+    # Calibration: the device measures, the host fits (host/ctmeter/calibrate.py) and
+    # sends the result with `cal apply`. Measurements are of the *uncalibrated* Irms, over
+    # _CAL_WINDOWS windows while the meter keeps running.
+    def _measure_raw(self, ch):
+        self._cal_req = [ch, 0, 0.0, 0.0]  # channel, windows, sum of raw Irms^2, of noise^2
+        while self._cal_req[1] < _CAL_WINDOWS:
+            self.step()
+        _, n, i2, _ = self._cal_req
+        self._cal_req = None
+        return math.sqrt(i2 / n), n
+
+    def _cal_collect(self):
+        req = self._cal_req
+        n, s, q = self.last_raw[req[0]][:3]
+        raw = self.acc.scales[req[0]] * rms_counts(n, s, q)
+        req[1] += 1
+        req[2] += raw * raw
+
+    def _c_cal_zero(self, ch):
+        raw, n = self._measure_raw(ch)
+        return {"ch": ch, "raw_irms": raw, "windows": n,
+                "rms_codes": raw / self.acc.scales[ch]}
+
+    def _c_cal_point(self, ch, true_amps):
+        raw, n = self._measure_raw(ch)
+        return {"ch": ch, "raw_irms": raw, "true_amps": true_amps, "windows": n,
+                "ratio": true_amps / raw if raw > 0 else None}
+
+    def _c_cal_apply(self, ch, params):
+        cal = Calibration.from_dict(params)
+        self.calibs[ch] = cal
+        self.acc.calib[ch] = cal
+        self.cfg.set("channels.%d.calibration" % ch, cal.to_dict())
+        return {"ch%d" % (ch + 1): cal.to_dict()}
+
+    def _c_cal_clear(self, ch):
+        return self._c_cal_apply(ch, {})
+
+    def _c_energy_set(self, ch, mwh):
+        self.energy[ch] = EnergyCounter(mwh)
+        self._persist(self.board.ticks_ms())
+        return {"ch%d" % (ch + 1): reading.kwh_text(mwh)}
+
+    def _c_energy_reset(self, ch):
+        return self._c_energy_set(ch, 0)
+
+    def _c_reboot(self):
+        self.shutdown()
+        self.board.reset()
+
+
+def main():
+    Meter().run()
