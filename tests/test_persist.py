@@ -105,6 +105,10 @@ def test_should_persist_schedule():
     s._last_ms = 1000
     assert not s.should_persist(1000 + 299_999)
     assert s.should_persist(1000 + 300_000)
+    # across the 2**30 wrap of the ESP32's ticks_ms
+    s._last_ms = (1 << 30) - 100_000
+    assert not s.should_persist(100_000)
+    assert s.should_persist(200_000)
 
 
 def test_bad_constructor_arguments():

@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: MIT
 """Power-cut-safe store for the energy counters, the reading sequence number and the boot count.
 
-    store = CounterStore(fs, interval_s=300, seq_reserve=1000)
+    store = CounterStore(fs, interval_s=300, seq_reserve=1000)   # ticks_diff=board's, optional
     store.load(channels=2)          # once at boot: newest valid slot, boots += 1, reserves seqs
     store.problems                  # what was wrong on flash (corrupt / missing slot), never raised
     energy = store.energy           # list of ints (the energy module's units), one per channel
@@ -34,12 +34,14 @@ except ImportError:
         return x
 
 
-try:
-    from time import ticks_diff as _ticks_diff
-except ImportError:
+_TICKS_HALF = const(0x20000000)  # ticks_ms wraps at 2**30 on the ESP32 family
+_TICKS_MASK = const(0x3FFFFFFF)
 
-    def _ticks_diff(a, b):
-        return a - b
+
+def ticks_diff30(a, b):
+    """a - b for millisecond ticks that wrap at 2**30 (the ESP32's ticks_ms period), also
+    right for unwrapped clocks while |a - b| < 2**29 ms (6.2 days)."""
+    return ((a - b + _TICKS_HALF) & _TICKS_MASK) - _TICKS_HALF
 
 
 _FORMAT = const(1)
@@ -100,12 +102,13 @@ def decode(data):
 class CounterStore:
     """Energy counters + reading seq + boot count in two alternating CRC-checked slots."""
 
-    def __init__(self, fs, interval_s=300, seq_reserve=1000):
+    def __init__(self, fs, interval_s=300, seq_reserve=1000, ticks_diff=ticks_diff30):
         if not _is_int(interval_s) or interval_s < 1:
             raise ValueError("persist interval_s must be an int >= 1")
         if not _is_int(seq_reserve) or seq_reserve < 1:
             raise ValueError("seq_reserve must be an int >= 1")
         self.fs = fs
+        self.ticks_diff = ticks_diff  # the board's, when its clock wraps differently
         self.interval_ms = interval_s * 1000
         self.seq_reserve = seq_reserve
         self.energy = []
@@ -188,7 +191,7 @@ class CounterStore:
         """True when a save is due: `interval_s` since the last save (or never saved)."""
         if self._last_ms is None:
             return True
-        return _ticks_diff(now_ms, self._last_ms) >= self.interval_ms
+        return self.ticks_diff(now_ms, self._last_ms) >= self.interval_ms
 
     def save(self, energy=None, now_ms=None):
         """Write the state to the slot not holding the newest valid state. Raises PersistError
