@@ -228,6 +228,7 @@ def _viper(func):
                     "%s returns %d: >= 2**30 in magnitude allocates a big int on the chip"
                     % (func.__name__, r)
                 )
+            return r  # a plain int: chip semantics end at the viper boundary
         return result
 
     wrapper.__wrapped_viper__ = func
