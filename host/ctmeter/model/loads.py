@@ -145,22 +145,25 @@ class SMPS(Load):
         self.crest_factor = float(crest_factor)
 
     def _shape(self, u, mains):
-        v = mains.shape(u)
-        peak = np.abs(v).max()
+        # A raised-cosine pulse of half-width w (cycles) centred just after each voltage
+        # peak, where the reservoir capacitor recharges; w is solved for the crest factor.
+        u = np.asarray(u, dtype=np.float64)
 
-        def pulses(th):
-            return np.sign(v) * np.maximum(np.abs(v) - th * peak, 0.0)
+        def pulses(w):
+            d1 = u - 0.26
+            d2 = u - 0.76
+            p1 = np.where(np.abs(d1) < w, np.cos(0.5 * np.pi * d1 / w) ** 2, 0.0)
+            p2 = np.where(np.abs(d2) < w, np.cos(0.5 * np.pi * d2 / w) ** 2, 0.0)
+            return p1 - p2
 
-        def crest(th):
-            tab = periodic.table(pulses(th))
+        def crest(w):
+            tab = periodic.table(pulses(w))
             return np.abs(tab).max() / math.sqrt(periodic.mean_sq(tab))
 
-        lo, hi = 0.0, 0.995
-        if crest(hi) < self.crest_factor:
-            raise LoadError("SMPS: crest factor out of reach at this table resolution")
-        for _ in range(60):  # crest factor grows with the conduction threshold
+        lo, hi = 0.01, 0.24  # crest factor falls as the pulses widen
+        for _ in range(50):
             mid = 0.5 * (lo + hi)
-            lo, hi = (mid, hi) if crest(mid) < self.crest_factor else (lo, mid)
+            lo, hi = (mid, hi) if crest(mid) > self.crest_factor else (lo, mid)
         return pulses(0.5 * (lo + hi))
 
 
