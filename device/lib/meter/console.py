@@ -43,6 +43,9 @@ type; KeyboardInterrupt and SystemExit always propagate.
 # ruff: noqa: UP031
 
 import json
+import sys
+
+_CPYTHON = sys.implementation.name != "micropython"
 
 try:
     from micropython import const
@@ -216,13 +219,20 @@ class JsonObject:
 
     def parse(self, s, con):
         try:
-            v = json.loads(s)
+            if _CPYTHON:  # CPython would take NaN/Infinity; MicroPython and JSON do not
+                v = json.loads(s, parse_constant=_no_constant)
+            else:
+                v = json.loads(s)
         except ValueError:  # includes CPython's JSONDecodeError
             raise ConsoleError("not valid JSON") from None
         if not isinstance(v, dict):
             raise ConsoleError("expected a JSON object {...}")
         _check_json(v, 0)
         return v
+
+
+def _no_constant(name):
+    raise ValueError(name)
 
 
 def _check_json(v, depth):
