@@ -5,7 +5,6 @@ import math
 
 import numpy as np
 import pytest
-
 from ctmeter.model import (
     SMPS,
     Channel,

@@ -101,21 +101,22 @@ class Esp32Adc:
         """Noise-free continuous code of pin voltage(s), before INL/DNL and quantization;
         below the offset it goes negative and above the top it stays at 4096 (clipping)."""
         v = np.asarray(volts, dtype=np.float64)
+        shape = v.shape
+        v = v.reshape(-1)
         x = (v - self._off_v) * self._gain
         top = x >= self._linear_below
         if np.any(top):
             x[top] = np.interp(v[top], self._v, self._raw, right=4096.0)
         np.minimum(x, 4096.0, out=x)
-        return x
+        return x.reshape(shape)
 
     def code_of(self, x):
         """INL + DNL + quantization of continuous codes x -> uint16 0..4095."""
         if self._inl_amp:
             s = np.clip(x, 0.0, 4095.0) / 4095.0
             x = x + self._inl_amp * 4.0 * s * (1.0 - s)
-        q = np.rint(x)
-        np.clip(q, 0, 4095, out=q)
-        q = q.astype(np.int64)
+        x = np.asarray(x, dtype=np.float64)
+        q = np.clip(np.rint(x), 0, 4095).astype(np.int64)
         q -= x < self._t_lo[q]
         q += x >= self._t_hi[q]
         return q.astype(np.uint16)
