@@ -13,14 +13,12 @@ import random
 import re
 import subprocess
 import sys
-from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from ctmeter.paths import DEVICE_LIB
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from ctmeter.paths import DEVICE_LIB
 from meter import console as C
 from meter.console import Console, ConsoleError, LineReader, parse_float, parse_int, redact
 
@@ -259,7 +257,8 @@ def _line_bytes(r, makers):
             r.choices(b"0123456789 abcdef", k=r.randrange(241, r.choice((300, 1000)))))
     elif kind == 4:  # neutral editing: typed then erased
         i = r.randrange(len(line) + 1)
-        line = line[:i] + r.choice([b"z\x08", b"xy\x7f\x7f", "é\b".encode(), b"\x08" * 0]) + line[i:]
+        edit = r.choice([b"z\x08", b"xy\x7f\x7f", "é\b".encode(), b""])
+        line = line[:i] + edit + line[i:]
     return line
 
 
