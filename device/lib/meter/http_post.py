@@ -6,7 +6,6 @@
     status = poster.post(reading_json)          # -> int HTTP status (2xx = delivered)
     status = poster.post_batch([r1, r2, r3])    # one JSON array in one request
     post(url, body, token)                      # one-shot form
-    tls_context(cadata)                         # verified client context (MQTT uses it too)
 
 Network and TLS failures raise PostError whose `kind` is one of KINDS (refused, timeout,
 dns, tls, protocol, network, config); a non-2xx answer is *returned*, not raised, so the caller
@@ -16,9 +15,8 @@ its answer, costs at most that long. Only the status line is read (at most _MAX_
 the rest of the answer is discarded by closing the connection (we send Connection: close).
 
 Why not micropython-lib `requests`: it does not verify certificates and has no overall
-deadline. Here https uses tls.SSLContext(PROTOCOL_TLS_CLIENT) with CERT_REQUIRED, the CA given
-as DER or PEM bytes, and server_hostname for SNI and name checking. Set the clock (ntptime)
-before the first https request on a board: certificate validity is checked against it.
+deadline. Here https uses meter.tlsca (tls.SSLContext, CERT_REQUIRED, the CA given as DER or
+PEM bytes) and server_hostname for SNI and name checking.
 
 The bearer token never appears in exception messages, reprs or logs.
 """
@@ -125,9 +123,12 @@ class HttpPoster:
         self.timeout_ms = timeout_ms
         self._ctx = None
         if self._url.tls:
-            self._ctx = tls_context(cadata)
-        elif cadata is not None:
-            raise PostError(CONFIG, "a CA was given for a plain http URL")
+            from meter import tlsca
+
+            try:
+                self._ctx = tlsca.context(cadata)
+            except tlsca.CaError as exc:
+                raise PostError(CONFIG, str(exc)) from None
         u = self._url
         default = 443 if u.tls else 80
         host = ("[" + u.host + "]") if ":" in u.host else u.host
@@ -267,68 +268,6 @@ class HttpPoster:
         if self._ctx is not None and code is not None and code < 0:
             return PostError(TLS, f"{what}: TLS error {code}")
         return PostError(NETWORK, f"{what} failed ({code})")
-
-
-_PEM_BEGIN = b"-----BEGIN CERTIFICATE-----"
-_PEM_END = b"-----END CERTIFICATE-----"
-
-
-def ca_certificates(cadata):
-    """Split CA data into a list of DER certificates.
-
-    Accepts one DER certificate (bytes) or PEM text (str or bytes) holding one or more
-    certificates. PEM is decoded here rather than by mbedTLS because some MicroPython builds
-    (the unix port used by the tests among them) leave out mbedTLS's PEM parser, and
-    load_verify_locations then rejects every PEM file as "invalid cert".
-    """
-    if isinstance(cadata, str):
-        cadata = cadata.encode()
-    if not isinstance(cadata, (bytes, bytearray)) or not cadata:
-        raise PostError(CONFIG, "CA certificate must be DER or PEM bytes")
-    cadata = bytes(cadata)
-    if _PEM_BEGIN not in cadata:
-        if cadata[0] != 0x30:  # a DER certificate is an ASN.1 SEQUENCE
-            raise PostError(CONFIG, "CA certificate is neither PEM nor DER")
-        return [cadata]
-    import binascii
-
-    certs = []
-    pos = 0
-    while True:
-        begin = cadata.find(_PEM_BEGIN, pos)
-        if begin < 0:
-            break
-        end = cadata.find(_PEM_END, begin)
-        if end < 0:
-            raise PostError(CONFIG, "PEM certificate without an END line")
-        b64 = b"".join(cadata[begin + len(_PEM_BEGIN) : end].split())
-        try:
-            certs.append(binascii.a2b_base64(b64))
-        except ValueError:
-            raise PostError(CONFIG, "PEM certificate is not valid base64") from None
-        pos = end + len(_PEM_END)
-    return certs
-
-
-def tls_context(cadata):
-    """A client tls.SSLContext that requires a certificate signed by one of the CAs in cadata.
-
-    Shared by the HTTP and MQTT publishers. Raises PostError(CONFIG) on a missing or bad CA.
-    """
-    try:
-        import tls
-    except ImportError:
-        raise PostError(CONFIG, "https/mqtts need the tls module (MicroPython >= 1.23)") from None
-    if not cadata:
-        raise PostError(CONFIG, "TLS needs a CA certificate (cadata) to verify the server")
-    ctx = tls.SSLContext(tls.PROTOCOL_TLS_CLIENT)
-    ctx.verify_mode = tls.CERT_REQUIRED
-    for der in ca_certificates(cadata):
-        try:
-            ctx.load_verify_locations(der)
-        except (ValueError, OSError) as exc:
-            raise PostError(CONFIG, f"cannot load the CA certificate ({exc})") from None
-    return ctx
 
 
 def post(url, body, token=None, cadata=None, timeout_ms=5000):
