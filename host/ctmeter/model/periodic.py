@@ -41,9 +41,10 @@ def lookup(tab, u):
 
 
 class Term:
-    """Mean `c` and zero-mean antiderivative `R` (table, in cycles) of the product f * g."""
+    """Mean `c`, zero-mean antiderivative `R` and its antiderivative `R2` (in cycles) of the
+    product f * g of two tables. R is evaluated exactly inside a cell (cubic), R2 by table."""
 
-    __slots__ = ("c", "R")
+    __slots__ = ("c", "R", "R2", "_a0", "_da", "_b0", "_db")
 
     def __init__(self, f, g):
         a0, a1, b0, b1 = f[:-1], f[1:], g[:-1], g[1:]
@@ -51,8 +52,29 @@ class Term:
         self.c = float(cell.sum())
         r = np.concatenate(([0.0], np.cumsum(cell - self.c / N)))
         r[-1] = 0.0  # exact periodicity (the cumulative sum ends at rounding noise)
-        r -= 0.5 * (r[:-1] + r[1:]).mean()
-        self.R = r
+        self._a0, self._da, self._b0, self._db = a0, a1 - a0, b0, b1 - b0
+        # zero mean of the exact piecewise-cubic R (cell average of `_within` in closed form)
+        da, db = self._da, self._db
+        avg_within = (a0 * b0 / 2 + (a0 * db + b0 * da) / 6 + da * db / 12 - self.c / 2) / N
+        mean = float((r[:-1] + avg_within).mean())
+        self.R = r - mean
+        r2 = np.concatenate(([0.0], np.cumsum(0.5 * (self.R[:-1] + self.R[1:]) / N)))
+        r2 -= np.linspace(0.0, r2[-1], N + 1)  # remove the residual drift: periodic
+        r2 -= 0.5 * (r2[:-1] + r2[1:]).mean()
+        self.R2 = r2
+
+    def _within(self, i, s):
+        """Integral of (f g - c) from node i to i + s (s = fraction of the cell)."""
+        a0, da, b0, db = self._a0[i], self._da[i], self._b0[i], self._db[i]
+        return (a0 * b0 * s + (a0 * db + b0 * da) * s * s / 2 + da * db * s ** 3 / 3
+                - self.c * s) / N
+
+    def r_at(self, u):
+        """R at cycle positions u, exact for the piecewise-linear tables."""
+        x = (u - np.floor(u)) * N
+        i = x.astype(np.int64)
+        np.minimum(i, N - 1, out=i)
+        return self.R[i] + self._within(i, x - i)
 
 
 def mean_sq(tab):
