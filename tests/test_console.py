@@ -669,6 +669,26 @@ def test_idle_poll_reads_nothing():
     assert con.poll() == 1 and len(out) == 2
 
 
+def test_handler_running_the_meter_loop_does_not_reenter():
+    # The firmware's scope/cal handlers keep sampling, and the sampling loop polls the console.
+    out = []
+    src = FakeSource(b"scope 0 5\nstatus\n")
+    nested = []
+
+    def scope(ch, n):
+        for _ in range(3):  # three meter steps, each polling the console
+            nested.append(con.poll())
+        return {"n": n}
+
+    con = Console({"scope": scope, "status": lambda: {"up": 1}}, out.append, mode="json",
+                  source=src)
+    while src.any():
+        con.poll()
+    assert nested == [0, 0, 0]
+    assert [json.loads(x) for x in out] == [{"ok": True, "cmd": "scope", "n": 5},
+                                            {"ok": True, "cmd": "status", "up": 1}]
+
+
 def test_utf8_checker_matches_cpython():
     samples = [bytes([a, b, c, d]) for a, b, c, d in
                [(0xC2, 0xA0, 0x41, 0x41), (0xC1, 0xBF, 0x41, 0x41), (0xE0, 0x9F, 0xBF, 0x41),

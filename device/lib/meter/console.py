@@ -36,7 +36,8 @@ Input lines: \\r, \\n and \\r\\n end a line; backspace/DEL edit; at most MAX_LIN
 (longer lines are answered "line too long" as a whole); control characters and invalid
 UTF-8 are refused. Handler exceptions of the app's error types (and ConsoleError) become
 error lines with their message, any other Exception an "internal error" line naming its
-type; KeyboardInterrupt and SystemExit always propagate.
+type; KeyboardInterrupt and SystemExit always propagate. A handler may keep the meter
+running (and so call poll() again): that nested poll returns at once, input waits.
 """
 
 # %-formatting is MicroPython's cheapest string formatting.
@@ -450,6 +451,7 @@ class Console:
         self._errors = (ConsoleError,) + tuple(app_errors)
         self._secrets = secrets
         self._reader = LineReader(max_line)
+        self._busy = False  # a handler is running: poll() must not re-enter
         self._cmds = {}  # name -> [args, help, handler]
         self._order = []  # names as help lists them
         self._groups = {}  # first word of a two-word command -> subcommands
@@ -492,7 +494,7 @@ class Console:
         """Take at most max_bytes from the source and answer every line completed.
         Returns the number of responses. Allocates nothing when no input is waiting."""
         src = self.source
-        if src is None or not src.any():
+        if self._busy or src is None or not src.any():
             return 0
         reader = self._reader
         handled = 0
@@ -507,6 +509,8 @@ class Console:
 
     def feed(self, data):
         """Push bytes as if they arrived on the source; returns the number of responses."""
+        if self._busy:
+            raise ConsoleError("console busy")
         handled = 0
         for b in data:
             if self._reader.push(b) and self._line_done():
@@ -561,6 +565,9 @@ class Console:
         if handler is None:
             self._respond(name, None, "not available")
             return
+        # A handler may run the meter loop (scope, cal zero collect live windows), which
+        # polls the console again: that poll leaves further input waiting until we return.
+        self._busy = True
         try:
             result = handler(*values)
         except self._errors as e:
@@ -569,6 +576,8 @@ class Console:
         except Exception as e:  # noqa: BLE001 - reported, the meter keeps running
             self._respond(name, None, "internal error: " + type(e).__name__)
             return
+        finally:
+            self._busy = False
         if result is None:
             result = {}
         if not isinstance(result, dict):
