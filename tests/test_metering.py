@@ -3,6 +3,7 @@
 frequency measurement, phase correction, no-voltage mode, and the same code on the unix port
 (heap_lock around add())."""
 
+import functools
 import json
 import math
 from array import array
@@ -11,10 +12,10 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from meter import cpython_shims as shims
 from meter.calib import Calibration
 from meter.metering import MeterError, WindowAccumulator, phase_coefficients, window_frames
+
 from tests.strategies import Waveform, mains_frequency, sample_rates, waveforms
 
 SCALE_I = 0.01  # A per code
@@ -29,9 +30,12 @@ def scales_for(wf):
     return [SCALE_V if c == wf.vch else SCALE_I for c in range(wf.nch)]
 
 
-def measure(wf, frames=None, pieces=3, calib=None, strict=False, **kw):
+def measure(wf, frames=None, pieces=3, calib=None, strict=False, end_correction=False, **kw):
+    """One window through the accumulator. By default without the whole-cycle end
+    correction, so the results are the plain sums over the frames numpy sees."""
     frames = wf.frames() if frames is None else frames
-    acc = WindowAccumulator(wf.nch, scales_for(wf), vch=wf.vch, calib=calib, **kw)
+    acc = WindowAccumulator(wf.nch, scales_for(wf), vch=wf.vch, calib=calib,
+                            end_correction=end_correction, **kw)
     buf = as_buf(frames)
     n = len(frames)
     cuts = [n * k // pieces for k in range(pieces + 1)]
@@ -145,53 +149,53 @@ def test_one_cycle_windows(f, fs, start, lag):
 # ---------------------------------------------------------------- the accuracy target
 
 FS = 4000.0
+CREST_N = 26  # sign(sin)*|sin|^26 has a crest factor of 3.0
 
 
-def pulsed(wf, n=26):
-    """Crest-factor-3 current: sign(sin)|sin|^26 (rectifier-capacitor-like pulses)."""
-    w = 2 * math.pi * wf.frequency
-    s = np.sin(w * wf.times() + wf.start_phase)
-    return wf.bias_i + wf.amp_i * np.sign(s) * np.abs(s) ** n
-
-
-def truth_pulsed(amp_i, amp_v, n=26):
+@functools.lru_cache
+def truth_pulsed(amp_i, amp_v):
+    """Continuous Irms and P of the crest-factor-3 pulsed current against a sine voltage."""
     th = np.linspace(0, 2 * np.pi, 2_000_001)[:-1]
     s = np.sin(th)
-    i = amp_i * np.sign(s) * np.abs(s) ** n
+    i = amp_i * np.sign(s) * np.abs(s) ** CREST_N
     return math.sqrt(np.mean(i * i)) * SCALE_I, np.mean(i * amp_v * s) * SCALE_I * SCALE_V
 
 
-@pytest.mark.parametrize("f", [50.0, 60.0, 49.73, 59.9])
+def test_pulsed_load_has_crest_factor_3():
+    irms, _ = truth_pulsed(1000.0, 1500.0)
+    assert 1000.0 * SCALE_I / irms == pytest.approx(3.0, abs=0.02)
+
+
 @pytest.mark.parametrize("load", ["resistive", "pf0.9", "pf0.7", "pf0.5", "crest3"])
-def test_accuracy_target_on_ideal_inputs(f, load):
-    """|Irms err| < 0.05 %, |P err| < 0.1 % at mid-range amplitude, 12-bit quantization."""
-    amp_i, amp_v = 1000.0, 1500.0
+@settings(max_examples=12, deadline=None)
+@given(f=mains_frequency(), start=st.floats(0, 2 * math.pi))
+def test_accuracy_target_on_ideal_inputs(load, f, start):
+    """|Irms err| < 0.05 %, |P err| < 0.1 % at mid-range amplitude, 12-bit quantization,
+    on a continuous signal cut into consecutive windows sized by the measured frequency."""
+    amp_i, amp_v, bias_i, bias_v = 1000.0, 1500.0, 2040.3, 2051.7
     pf = {"resistive": 1.0, "pf0.9": 0.9, "pf0.7": 0.7, "pf0.5": 0.5, "crest3": 1.0}[load]
-    wf = Waveform(frequency=f, sample_rate=FS, cycles=10, amp_i=amp_i, bias_i=2040.3,
-                  amp_v=amp_v, bias_v=2051.7, nch=2, ich=0, vch=1, lag_rad=math.acos(pf),
-                  start_phase=0.37)
-    # run a continuous signal through consecutive windows sized by the measured frequency
+    if load == "crest3":
+        irms_true, p_true = truth_pulsed(amp_i, amp_v)
+    else:
+        irms_true = amp_i / math.sqrt(2) * SCALE_I
+        p_true = amp_i * amp_v / 2 * pf * SCALE_I * SCALE_V
     acc = WindowAccumulator(2, [SCALE_I, SCALE_V], vch=1)
-    start_t = 0.0
+    w = 2 * math.pi * f
+    t0 = 0.0
     errs = []
     for _ in range(3):
         n = acc.window_frames(FS, 10)
-        seg = Waveform(**{**wf.__dict__, "cycles": 1})
-        t = start_t + np.arange(n) / FS
-        w = 2 * math.pi * f
+        t = t0 + np.arange(n) / FS
         if load == "crest3":
-            s = np.sin(w * t + seg.start_phase)
-            i = seg.bias_i + amp_i * np.sign(s) * np.abs(s) ** 26
-            irms_true, p_true = truth_pulsed(amp_i, amp_v)
+            s = np.sin(w * t + start)
+            i = bias_i + amp_i * np.sign(s) * np.abs(s) ** CREST_N
         else:
-            i = seg.bias_i + amp_i * np.sin(w * t + seg.start_phase - seg.lag_rad)
-            irms_true = amp_i / math.sqrt(2) * SCALE_I
-            p_true = amp_i * amp_v / 2 * pf * SCALE_I * SCALE_V
-        v = seg.bias_v + amp_v * np.sin(w * t + seg.start_phase)
+            i = bias_i + amp_i * np.sin(w * t + start - math.acos(pf))
+        v = bias_v + amp_v * np.sin(w * t + start)
         frames = np.clip(np.rint(np.stack([i, v], axis=1)), 0, 4095).astype(np.uint16)
         acc.add(as_buf(frames), 0, n)
         r = acc.finish(FS)[0]
-        start_t += n / FS
+        t0 += n / FS
         errs.append((abs(r.irms / irms_true - 1), abs(r.power / p_true - 1),
                      abs(r.frequency - f)))
     # the first window is sized for the nominal 50 Hz; from the second on, by measurement
@@ -199,6 +203,20 @@ def test_accuracy_target_on_ideal_inputs(f, load):
         assert e_i < 0.0005, errs
         assert e_p < 0.001, errs
         assert e_f < 0.01, errs
+
+
+def test_end_correction_beats_plain_sums_off_whole_cycles():
+    # 10 cycles at 54.02 Hz are 740.47 frames; the window has 740
+    f = 54.02
+    wf = Waveform(frequency=f, sample_rate=FS, cycles=10, amp_i=1000.0, bias_i=2048.0,
+                  amp_v=1500.0, nch=2, ich=0, vch=1, lag_rad=math.acos(0.5), start_phase=1.0)
+    p_true = 1000 * 1500 / 2 * 0.5 * SCALE_I * SCALE_V
+    _, plain = measure(wf, nominal_hz=f)
+    _, corrected = measure(wf, nominal_hz=f, end_correction=True)
+    assert abs(wf.nframes - 10 * FS / f) > 0.2  # far from whole cycles
+    err_plain = abs(plain[0].power / p_true - 1)
+    err_corr = abs(corrected[0].power / p_true - 1)
+    assert err_corr < err_plain / 4 and err_corr < 0.0002
 
 
 # ---------------------------------------------------------------- frequency
@@ -217,7 +235,8 @@ def test_frequency_measured_49_5_to_60_5(f, fs, cycles, with_voltage, start):
     buf = as_buf(frames)
     # A pure sine voltage crosses its mean at an inflection point, where linear
     # interpolation is near exact; a current with a 3rd harmonic does not (and is looser).
-    tol = 0.01 if with_voltage else 0.05
+    # Below 2 kHz (< 40 frames per cycle) interpolating the distorted current is coarser.
+    tol = 0.01 if with_voltage else (0.03 if fs >= 2000 else 0.1)
     for _ in range(2):  # the second window's level and hysteresis come from the first
         acc.add(buf, 0, len(frames))
         r = acc.finish(fs)[0]
@@ -269,14 +288,12 @@ def test_phase_correction_recovers_true_power(lead_deg, lag, f):
     frames = wf.frames()
     true_p = 1000 * 1500 / 2 * math.cos(lag) * SCALE_I * SCALE_V
     cal = Calibration(phase_deg=lead_deg)
-    for _ in range(2):
-        acc, res = measure(wf, frames, calib=[cal, None], nominal_hz=f)
+    _, res = measure(wf, frames, calib=[cal, None], end_correction=True)
     r = res[0]
-    window_err = 1.0 / wf.nframes  # frames are whole cycles only to within half a frame
-    assert r.power == pytest.approx(true_p, rel=0.002 + window_err, abs=0.02)
-    _, raw = measure(wf, frames, nominal_hz=f)
+    assert r.power == pytest.approx(true_p, rel=0.001, abs=0.01)
+    _, raw = measure(wf, frames, end_correction=True)
     measured_p = 1000 * 1500 / 2 * math.cos(lag - math.radians(lead_deg)) * SCALE_I * SCALE_V
-    assert raw[0].power == pytest.approx(measured_p, rel=0.002 + window_err, abs=0.02)
+    assert raw[0].power == pytest.approx(measured_p, rel=0.001, abs=0.01)
 
 
 def test_without_voltage_channel_power_is_irms_times_nominal():
@@ -330,7 +347,7 @@ def test_bad_arguments_raise_meter_error():
 # ---------------------------------------------------------------- unix port, heap_lock
 
 MP_SCRIPT = r"""
-import json, micropython, sys
+import gc, json, micropython, sys
 from array import array
 from meter.metering import WindowAccumulator
 from meter.calib import Calibration
@@ -349,6 +366,8 @@ def run(acc, buf, pieces, windows):
 
 cases = json.loads(open(sys.argv[1]).read())
 for c in cases:
+    acc = buf = None
+    gc.collect()
     FS = c["fs"]
     buf = array("H", bytes(c["n"] * c["nch"] * 2))
     with open(c["path"], "rb") as f:
@@ -393,9 +412,9 @@ def test_accumulator_on_unix_port_matches_cpython(micropython, tmp_path):
     out = micropython.run(MP_SCRIPT, heapsize="64k", args=[tmp_path / "cases.json"])
     got = [json.loads(line) for line in out.splitlines()]
     assert len(got) == len(expected)
-    for g_runs, e_runs in zip(got, expected):
-        for g_win, e_win in zip(g_runs, e_runs):
-            for g, e in zip(g_win, e_win):
+    for g_runs, e_runs in zip(got, expected, strict=True):
+        for g_win, e_win in zip(g_runs, e_runs, strict=True):
+            for g, e in zip(g_win, e_win, strict=True):
                 assert g.keys() == e.keys()
                 for key in e:
                     assert g[key] == pytest.approx(e[key], rel=1e-9, abs=1e-9), key
