@@ -399,7 +399,8 @@ class Meter:
                 "voltage": round(r.voltage, 2), "frequency": round(r.frequency, 3)}
 
     def _c_read(self):
-        out = {}
+        # uptime_ms: time integrated so far (the energy covers exactly this span)
+        out = {"uptime_ms": self.uptime_ms}
         for r in self.last:
             if not r.is_voltage:
                 d = self._result(r)

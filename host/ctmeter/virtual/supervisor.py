@@ -17,6 +17,7 @@ REPL skips main.py, as on a board. The flash directory persists across all of th
 
 import os
 import select
+import shutil
 import signal
 import subprocess
 import threading
@@ -24,7 +25,7 @@ import time
 import tty
 from pathlib import Path
 
-from ctmeter.paths import micropython_binary, micropython_path
+from ctmeter.paths import DEVICE, micropython_binary, micropython_path
 from ctmeter.virtual.feed import SensorFeed
 
 CHIP_DIR = Path(__file__).with_name("chip")
@@ -33,7 +34,7 @@ HARD_RESET, SOFT_RESET, SOFT_RESET_RAW = 99, 98, 97
 
 class VirtualBoard:
     def __init__(self, flash_dir, source, clock="fast", timelapse_s=0.0, heapsize="64k",
-                 epoch=None, extra_env=None):
+                 epoch=None, extra_env=None, firmware="repo"):
         self.flash_dir = Path(flash_dir)
         self.flash_dir.mkdir(parents=True, exist_ok=True)
         self.source = source
@@ -42,6 +43,12 @@ class VirtualBoard:
         self.heapsize = heapsize
         self.epoch = epoch
         self.extra_env = dict(extra_env or {})
+        if firmware not in ("repo", "flash"):
+            raise ValueError("firmware is 'repo' or 'flash'")
+        # "repo": the firmware runs from the checkout's device/ (boot.py and main.py are
+        # copied to the flash if missing), for tests and `make sim`.
+        # "flash": only what was deployed to the flash runs, as on a board (lib/ in the flash).
+        self.firmware = firmware
         self.port = None
         self.resets = []  # exit codes of past chip runs
         self.feed = None
@@ -60,6 +67,10 @@ class VirtualBoard:
         # allowed to block the chip.
         os.set_blocking(self._master, False)
         self.port = os.ttyname(self._slave)
+        if self.firmware == "repo":
+            for name in ("boot.py", "main.py"):
+                if not (self.flash_dir / name).exists() and (DEVICE / name).exists():
+                    shutil.copy(DEVICE / name, self.flash_dir / name)
         self.feed = SensorFeed(self.source, str(self.flash_dir.parent)).start()
         self._spawn("power-on")
         for target in (self._pump_in, self._pump_out_supervise):
@@ -102,7 +113,12 @@ class VirtualBoard:
     # internals
     def _env(self):
         env = dict(os.environ)
-        env["MICROPYPATH"] = os.pathsep.join([str(CHIP_DIR), micropython_path()])
+        # as on a board: the flash root and its lib/ (relative to the chip's cwd)
+        path = [str(CHIP_DIR)]
+        if self.firmware == "repo":
+            path.append(micropython_path())
+        path += ["", "lib"]
+        env["MICROPYPATH"] = os.pathsep.join(path)
         env["CTMETER_FEED"] = self.feed.env_value
         env["CTMETER_CLOCK"] = self.clock
         env["CTMETER_TIMELAPSE_S"] = str(self.timelapse_s)

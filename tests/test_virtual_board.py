@@ -1,0 +1,90 @@
+# SPDX-License-Identifier: MIT
+"""The virtual board speaks MicroPython's REPL well enough for plain mpremote.
+
+These run the real `mpremote` CLI against the pty of a virtual board whose main.py is a
+trivial loop (the meter itself is tested elsewhere): exec, fs ls/cp/cat, reset, and Ctrl-C
+breaking into a running main.py.
+"""
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ctmeter.virtual.supervisor import HARD_RESET, VirtualBoard
+
+MPREMOTE = str(Path(sys.executable).with_name("mpremote"))
+
+MAIN = """
+import time
+n = 0
+while True:
+    n += 1
+    time.sleep_ms(20)
+"""
+
+
+class FlatSource:
+    nch = 1
+    sample_rate_hz = 1000
+
+    def frames(self, k0, n):
+        return np.full((n, 1), 2048, dtype=np.uint16)
+
+
+@pytest.fixture
+def board(tmp_path):
+    flash = tmp_path / "flash"
+    flash.mkdir()
+    (flash / "main.py").write_text(MAIN)
+    vb = VirtualBoard(flash, FlatSource()).start()
+    yield vb
+    vb.stop()
+
+
+def mpremote(board, *args, timeout=30):
+    proc = subprocess.run([MPREMOTE, "connect", board.port, *args], capture_output=True,
+                          text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def test_exec_interrupts_main_and_runs_code(board):
+    time.sleep(0.5)  # main.py is running its endless loop
+    out = mpremote(board, "exec", "print(6 * 7)")
+    # Ctrl-C broke into main.py; mpremote's soft reset then skipped main.py, as on a board
+    assert out.split() == ["42"]
+    assert board.resets and board.resets[-1] == 97
+
+
+def test_fs_cp_ls_cat_roundtrip(board, tmp_path):
+    local = tmp_path / "data.txt"
+    local.write_text("line\n" * 300)
+    mpremote(board, "fs", "cp", str(local), ":data.txt")
+    assert (board.flash_dir / "data.txt").read_text() == local.read_text()
+    listing = mpremote(board, "fs", "ls")
+    assert "data.txt" in listing and "main.py" in listing
+    assert mpremote(board, "fs", "cat", ":data.txt") == local.read_text()
+    back = tmp_path / "back.txt"
+    mpremote(board, "fs", "cp", ":data.txt", str(back))
+    assert back.read_text() == local.read_text()
+
+
+def test_reset_restarts_chip_and_keeps_flash(board):
+    mpremote(board, "exec", "open('marker', 'w').write('kept')")
+    mpremote(board, "reset")
+    deadline = time.monotonic() + 10
+    while HARD_RESET not in board.resets and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert HARD_RESET in board.resets
+    assert mpremote(board, "exec", "print(open('marker').read())").strip() == "kept"
+
+
+def test_exception_in_raw_command_is_reported(board):
+    proc = subprocess.run([MPREMOTE, "connect", board.port, "exec", "1/0"], capture_output=True,
+                          text=True, timeout=30)
+    assert proc.returncode != 0
+    assert "ZeroDivisionError" in proc.stdout + proc.stderr
