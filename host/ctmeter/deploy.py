@@ -1,8 +1,8 @@
 # SPDX-License-Identifier: MIT
 """Put the firmware on a board: compile, copy only what changed, configure, reset, wait.
 
-    files = build(board)                         # {device path: BuiltFile}, cached in build/<board>/
-    cfg = make_config(path=None, overrides={"wifi.ssid": "home", ...})   # validated, or CommandError
+    files = build(board)              # {device path: BuiltFile}, cached in build/<board>/
+    cfg = make_config(None, {"wifi.ssid": "home", ...})     # validated, or CommandError
     result = deploy(board, "/dev/ttyUSB0", config=cfg)    # -> DeployResult
     result.copied, result.removed, result.unchanged, result.boot   # boot: the ctmeter-boot JSON
 
@@ -275,8 +275,8 @@ def _dirs_of(paths):
 def make_dirs(transport, paths):
     dirs = _dirs_of(paths)
     if dirs:
-        tp.run(transport, "import os\nfor d in %r:\n try:\n  os.mkdir(d)\n except OSError:\n"
-                          "  pass\n" % dirs, "creating folders")
+        tp.run(transport, f"import os\nfor d in {dirs!r}:\n try:\n  os.mkdir(d)\n"
+                          " except OSError:\n  pass\n", "creating folders")
 
 
 def write_file(transport, dest: str, data: bytes, progress=None, done=0, total=0):
@@ -284,20 +284,20 @@ def write_file(transport, dest: str, data: bytes, progress=None, done=0, total=0
     import base64
 
     tmp = dest + ".tmp"
-    tp.run(transport, "import binascii, os\n_f = open(%r, 'wb')\n_w = _f.write\n"
-                      "_a = binascii.a2b_base64" % tmp, f"writing {dest}")
+    tp.run(transport, f"import binascii, os\n_f = open({tmp!r}, 'wb')\n_w = _f.write\n"
+                      "_a = binascii.a2b_base64", f"writing {dest}")
     for i in range(0, len(data), _CHUNK):
         chunk = base64.b64encode(data[i:i + _CHUNK])
-        tp.run(transport, "_w(_a(%r))" % chunk, f"writing {dest}")
+        tp.run(transport, f"_w(_a({chunk!r}))", f"writing {dest}")
         _report(progress, "copy", done + min(i + _CHUNK, len(data)), total, dest)
-    tp.run(transport, "_f.close()\nos.rename(%r, %r)\ndel _f, _w, _a" % (tmp, dest),
+    tp.run(transport, f"_f.close()\nos.rename({tmp!r}, {dest!r})\ndel _f, _w, _a",
            f"writing {dest}")
 
 
 def remove_files(transport, paths):
     if paths:
-        tp.run(transport, "import os\nfor p in %r:\n try:\n  os.remove(p)\n except OSError:\n"
-                          "  pass\n" % list(paths), "removing stale files")
+        tp.run(transport, f"import os\nfor p in {list(paths)!r}:\n try:\n  os.remove(p)\n"
+                          " except OSError:\n  pass\n", "removing stale files")
 
 
 def _owned_dirs(files):
@@ -353,9 +353,7 @@ def reset_and_wait(transport, port: str, wait=True, timeout=30.0, secrets=()):
     """
     try:
         transport.exec_raw_no_follow("import machine\nmachine.reset()")
-    except Exception as exc:  # mpremote raises its TransportError or pyserial's errors
-        if isinstance(exc, KeyboardInterrupt):
-            raise
+    except Exception as exc:  # mpremote's TransportError or pyserial's errors
         raise tp.DeviceError(f"reset failed: {exc}") from exc
     transport.in_raw_repl = False  # the board restarts in its normal mode
     if not wait:
