@@ -122,7 +122,8 @@ def run(sensor="sct013-030", percents=PERCENTS, ref_percent=50, sample_rate=4000
     rows = []
     for p in sorted(set(percents) | {0}):
         pt = ref if p == ref_percent else _Point(sensor, p, fs, total, seed)
-        row = {"percent": p, "algorithms": {}}
+        row = {"percent": p, "algorithms": {},
+               "min_code": int(pt.codes[first:].min()), "max_code": int(pt.codes[first:].max())}
         truths = []
         for name in algorithms:
             all_rs = _readings(name, pt.codes, pt.fe, fs, gains[name])

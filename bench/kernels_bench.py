@@ -176,7 +176,9 @@ print(json.dumps(out))
 
 def micropython_version(binary=None):
     binary = binary or micropython_binary()
-    proc = subprocess.run([binary, "-c", "import sys; print(sys.version)"],
+    proc = subprocess.run([binary, "-c", "import sys; v = sys.implementation.version; "
+                           "print('MicroPython %d.%d.%d%s' % (v[0], v[1], v[2], "
+                           "('-' + v[3]) if len(v) > 3 and v[3] else ''), sys.version)"],
                           capture_output=True, text=True, timeout=30)
     return proc.stdout.strip() or "unknown"
 
