@@ -23,6 +23,8 @@ from ctmeter.model import (
     load_for_percent,
     varying_profile,
 )
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 
 def four_channel_stream(seed=7, **kw):
@@ -182,3 +184,22 @@ def test_generation_is_fast():
         s.read(4000 * k, 4000, truth=False)
     per_second = (time.perf_counter() - t0) / 10
     assert per_second < 0.05  # measured ~2 ms on the dev machine; generous for shared CI
+
+
+@settings(max_examples=25, deadline=None)
+@given(k0=st.integers(0, 10**7), n=st.integers(2, 3000), cut=st.floats(0.0, 1.0),
+       gap=st.integers(0, 5000))
+def test_any_split_of_a_read_gives_the_same_codes(k0, n, cut, gap):
+    m = max(1, min(n - 1, int(cut * n)))
+    whole = SPLIT_STREAM.read(k0, n, truth=False).codes
+    head = SPLIT_STREAM.read(k0, m, truth=False).codes
+    tail = SPLIT_STREAM.read(k0 + m, n - m, truth=False).codes
+    assert np.array_equal(whole, np.vstack([head, tail]))
+    later = SPLIT_STREAM.read(k0 + n + gap, 10, truth=False).codes
+    assert np.array_equal(later, SPLIT_STREAM.read(k0 + n + gap - 5, 15, truth=False).codes[5:])
+
+
+SPLIT_STREAM = Stream(
+    [Channel(Frontend("sct013-030", seed=1), varying_profile(days=1, seed=2)),
+     Channel(Frontend("sct013-000", seed=2), Dimmer(watts=500, firing_angle_deg=60))],
+    mains=Mains(seed=2), voltage="zmpt101b", seed=3)

@@ -20,6 +20,7 @@ stream integrate energy exactly (see periodic.py).
 """
 
 import bisect
+import functools
 import math
 from dataclasses import dataclass
 
@@ -147,24 +148,32 @@ class SMPS(Load):
     def _shape(self, u, mains):
         # A raised-cosine pulse of half-width w (cycles) centred just after each voltage
         # peak, where the reservoir capacitor recharges; w is solved for the crest factor.
-        u = np.asarray(u, dtype=np.float64)
+        if np.array_equal(u, periodic.U):
+            return _smps_pulses(_smps_width(self.crest_factor), None)
+        return _smps_pulses(_smps_width(self.crest_factor), np.asarray(u, dtype=np.float64))
 
-        def pulses(w):
-            d1 = u - 0.26
-            d2 = u - 0.76
-            p1 = np.where(np.abs(d1) < w, np.cos(0.5 * np.pi * d1 / w) ** 2, 0.0)
-            p2 = np.where(np.abs(d2) < w, np.cos(0.5 * np.pi * d2 / w) ** 2, 0.0)
-            return p1 - p2
 
-        def crest(w):
-            tab = periodic.table(pulses(w))
-            return np.abs(tab).max() / math.sqrt(periodic.mean_sq(tab))
+def _smps_pulses(w, u):
+    u = periodic.U if u is None else u
+    d1 = u - 0.26
+    d2 = u - 0.76
+    p1 = np.where(np.abs(d1) < w, np.cos(0.5 * np.pi * d1 / w) ** 2, 0.0)
+    p2 = np.where(np.abs(d2) < w, np.cos(0.5 * np.pi * d2 / w) ** 2, 0.0)
+    return p1 - p2
 
-        lo, hi = 0.01, 0.24  # crest factor falls as the pulses widen
-        for _ in range(50):
-            mid = 0.5 * (lo + hi)
-            lo, hi = (mid, hi) if crest(mid) > self.crest_factor else (lo, mid)
-        return pulses(0.5 * (lo + hi))
+
+@functools.lru_cache(maxsize=256)
+def _smps_width(crest_factor):
+    """Pulse half-width (cycles) whose table has the given crest factor (bisection)."""
+    def crest(w):
+        tab = periodic.table(_smps_pulses(w, None))
+        return np.abs(tab).max() / math.sqrt(periodic.mean_sq(tab))
+
+    lo, hi = 0.01, 0.24  # crest factor falls as the pulses widen
+    for _ in range(40):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if crest(mid) > crest_factor else (lo, mid)
+    return 0.5 * (lo + hi)
 
 
 class Standby(SMPS):

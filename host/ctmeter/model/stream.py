@@ -193,54 +193,35 @@ class Stream:
         return Frames(k0, n, fs, codes, self.truth(t1, t2) if truth else None)
 
     # --- truth ---
-    def _osc(self, a, b, env, term):
-        """integral_a^b env(t) * (f g)(phase(t)) dt for a product term (see periodic.py):
-        c * integral(env) + [env R / f] - [env' R2 / f^2] (two integrations by parts; the
-        remainder is of order env'' / omega^3, far below 1e-6 for every envelope here)."""
-        tn, w = periodic.gl_nodes(a, b)
-        smooth = term.c * float(np.dot(w, env(tn)))
-        d = min(1e-6, 0.25 * (b - a))
-        pts = np.array([a, b, a + d, b - d])
-        e = env(pts)
-        u = self.mains.cycles(pts[:2])
-        f = self.mains.freq(pts[:2])
-        r = term.r_at(u)
-        r2 = periodic.lookup(term.R2, u)
-        de = np.array([(e[2] - e[0]) / d, (e[1] - e[3]) / d]) if d > 0 else np.zeros(2)
-        first = e[1] * r[1] / f[1] - e[0] * r[0] / f[0]
-        second = de[1] * r2[1] / f[1] ** 2 - de[0] * r2[0] / f[0] ** 2
-        return smooth + float(first - second)
-
     def _energy_j(self, channel, a, b):
         """Energy (J) of one channel over [a, b) by pieces of constant load set."""
         total = 0.0
         amp = self.mains.amp_nominal
-        vscale = self.mains.vscale
         for pa, pb, segs in self.channels[channel].profile.between(a, b):
+            pc = _Piece(self.mains, pa, pb)
             for seg in segs:
                 r = self._res(seg.load)
-
-                def env(t, r=r, seg=seg):
-                    vs = vscale(t)
-                    return amp * vs * r.envelope(t, seg.start, vs)
-
-                total += self._osc(pa, pb, env, r.p_term)
+                en = amp * pc.vs_n * r.envelope(pc.tn, seg.start, pc.vs_n)
+                ep = amp * pc.vs_p * r.envelope(pc.pts, seg.start, pc.vs_p)
+                total += pc.integral(en, ep, r.p_term)
         return total
 
     def _i2(self, channel, a, b):
+        """Integral of i(t)^2 over [a, b): all pairs of simultaneously active loads."""
         total = 0.0
-        vscale = self.mains.vscale
         for pa, pb, segs in self.channels[channel].profile.between(a, b):
+            pc = _Piece(self.mains, pa, pb)
+            envs = []
+            for seg in segs:
+                r = self._res(seg.load)
+                envs.append((r.envelope(pc.tn, seg.start, pc.vs_n),
+                             r.envelope(pc.pts, seg.start, pc.vs_p)))
             for i, si in enumerate(segs):
-                for sj in segs[i:]:
-                    ri, rj = self._res(si.load), self._res(sj.load)
-
-                    def env(t, ri=ri, rj=rj, si=si, sj=sj):
-                        vs = vscale(t)
-                        return ri.envelope(t, si.start, vs) * rj.envelope(t, sj.start, vs)
-
-                    mult = 1.0 if si is sj else 2.0
-                    total += mult * self._osc(pa, pb, env, self._pair(si.load, sj.load))
+                for j in range(i, len(segs)):
+                    mult = 1.0 if i == j else 2.0
+                    term = self._pair(si.load, segs[j].load)
+                    total += mult * pc.integral(envs[i][0] * envs[j][0],
+                                                envs[i][1] * envs[j][1], term)
         return total
 
     def truth(self, t1, t2):
@@ -250,7 +231,8 @@ class Stream:
             raise StreamError("truth needs t2 > t1")
         span = t2 - t1
         amp = self.mains.amp_nominal
-        v2 = self._osc(t1, t2, lambda t: (amp * self.mains.vscale(t)) ** 2, self._v2)
+        pc = _Piece(self.mains, t1, t2)
+        v2 = pc.integral((amp * pc.vs_n) ** 2, (amp * pc.vs_p) ** 2, self._v2)
         vrms = math.sqrt(max(v2, 0.0) / span)
         nch = len(self.channels)
         irms, p, energy = np.zeros(nch), np.zeros(nch), np.zeros(nch)
@@ -297,6 +279,34 @@ class Stream:
         e2 = math.floor(self.energy_total_wh(channel, t2) * 1000.0)
         e1 = math.floor(self.energy_total_wh(channel, t1) * 1000.0)
         return int(e2 - e1)
+
+
+class _Piece:
+    """Quadrature nodes and end points of one time piece, shared by all its load terms.
+
+    integral_a^b env(t) * (f g)(phase(t)) dt = c * integral(env) + [env R / f]
+    - [env' R2 / f^2] + ...  (two integrations by parts, see periodic.py; the remainder is
+    of order env'' / omega^3, far below 1e-6 relative for every envelope here)."""
+
+    def __init__(self, mains, a, b):
+        self.tn, self.w = periodic.gl_nodes(a, b)
+        self.vs_n = mains.vscale(self.tn)
+        self.d = min(1e-6, 0.25 * (b - a))
+        self.pts = np.array([a, b, a + self.d, b - self.d])
+        self.vs_p = mains.vscale(self.pts)
+        self.u = mains.cycles(self.pts[:2])
+        self.f = mains.freq(self.pts[:2])
+
+    def integral(self, env_nodes, env_pts, term):
+        smooth = term.c * float(np.dot(self.w, env_nodes))
+        e, f = env_pts, self.f
+        r = term.r_at(self.u)
+        r2 = periodic.lookup(term.R2, self.u)
+        first = e[1] * r[1] / f[1] - e[0] * r[0] / f[0]
+        if self.d > 0:
+            de0, de1 = (e[2] - e[0]) / self.d, (e[1] - e[3]) / self.d
+            first -= de1 * r2[1] / f[1] ** 2 - de0 * r2[0] / f[0] ** 2
+        return smooth + float(first)
 
 
 def _segments_between(profile, t1, t2):
