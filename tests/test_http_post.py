@@ -58,6 +58,7 @@ class Recorder:
     def __init__(self):
         self.requests = []
         self.release = threading.Event()  # lets the hanging handlers go at teardown
+        self.resets = 0  # answers the client cut off with a reset
 
 
 def _handler(rec):
@@ -88,6 +89,13 @@ def _handler(rec):
                 return
             if self.path.startswith("/close"):
                 return
+            if self.path.startswith("/chatty"):
+                # a status line, then headers forever: the client must stop on its own
+                self.wfile.write(b"HTTP/1.1 200 OK\r\n")
+                while not rec.release.wait(0.005):
+                    self.wfile.write(b"X-Filler: 0123456789abcdef\r\n")
+                    self.wfile.flush()
+                return
             if self.path.startswith("/slow"):
                 time.sleep(0.6)
             code = 500 if self.path.startswith("/fail") else 201
@@ -97,7 +105,11 @@ def _handler(rec):
             self.send_header("Content-Length", str(len(payload)))
             self.send_header("Connection", "close")
             self.end_headers()
-            self.wfile.write(payload)
+            try:
+                self.wfile.write(payload)
+                self.wfile.flush()
+            except ConnectionResetError:
+                rec.resets += 1
 
     return Handler
 
@@ -252,6 +264,15 @@ def test_slow_server_within_deadline_succeeds(micropython, http_server, tmp_path
     r = post(micropython, tmp_path, url=url, token=TOKEN, timeout_ms=3000)
     assert r["status"] == 201
     assert r["ms"] >= 550  # it really waited for the slow answer
+    time.sleep(0.1)
+    assert http_server.resets == 0  # the client read the short answer to its end
+
+
+def test_endless_answer_is_cut_after_the_status(micropython, http_server, tmp_path):
+    url = f"http://127.0.0.1:{http_server.port}/chatty"
+    r = post(micropython, tmp_path, url=url, token=TOKEN, timeout_ms=5000)
+    assert r["status"] == 200
+    assert r["ms"] < 2500, r  # stopped at the 1 KB read bound, well before the deadline
 
 
 def test_slow_server_beyond_deadline_times_out(micropython, http_server, tmp_path):

@@ -46,6 +46,7 @@ except ImportError:  # CPython: this module imports there (tests, tooling), it i
 
 
 _MAX_STATUS = const(128)  # longest status line we accept
+_MAX_DRAIN = const(1024)  # headers and body read after the status line, at most
 _MIN_SLICE_MS = const(1)  # smallest socket timeout we set while the deadline runs out
 _MBEDTLS_ERR_SSL_TIMEOUT = const(-0x6800)
 
@@ -182,7 +183,9 @@ class HttpPoster:
             if self._ctx is not None:
                 stream = self._handshake(raw, deadline)
             self._send(raw, stream, body, deadline)
-            return self._status(raw, stream, deadline)
+            status = self._status(raw, stream, deadline)
+            self._drain(raw, stream, deadline)
+            return status
         finally:
             try:
                 raw.close()
@@ -260,6 +263,28 @@ class HttpPoster:
         if len(code) != 3 or not code.isdigit():
             raise PostError(PROTOCOL, "bad status code")
         return int(code)
+
+    def _drain(self, raw, stream, deadline):
+        # Read a short answer to its end so the server sees an orderly close rather than a
+        # reset; a long or endless one is cut at _MAX_DRAIN bytes or the deadline.
+        budget = _MAX_DRAIN
+        length = 0
+        try:
+            while budget > 0:
+                deadline.arm(raw, "draining")
+                line = stream.readline(budget)
+                if not line:
+                    return
+                budget -= len(line)
+                if line in (b"\r\n", b"\n"):
+                    break
+                if line[:15].lower() == b"content-length:":
+                    length = int(line[15:].strip())
+            if 0 < length <= budget:
+                deadline.arm(raw, "draining")
+                stream.read(length)
+        except (OSError, ValueError, PostError):
+            pass  # the status is what counts; the rest of the answer is optional
 
     def _io_error(self, exc, what):
         code = _errno(exc)
