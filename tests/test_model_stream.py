@@ -195,8 +195,9 @@ def test_any_split_of_a_read_gives_the_same_codes(k0, n, cut, gap):
     head = SPLIT_STREAM.read(k0, m, truth=False).codes
     tail = SPLIT_STREAM.read(k0 + m, n - m, truth=False).codes
     assert np.array_equal(whole, np.vstack([head, tail]))
-    later = SPLIT_STREAM.read(k0 + n + gap, 10, truth=False).codes
-    assert np.array_equal(later, SPLIT_STREAM.read(k0 + n + gap - 5, 15, truth=False).codes[5:])
+    base = k0 + n + gap + 5  # after a gap, and read again overlapping from 5 samples earlier
+    later = SPLIT_STREAM.read(base, 10, truth=False).codes
+    assert np.array_equal(later, SPLIT_STREAM.read(base - 5, 15, truth=False).codes[5:])
 
 
 SPLIT_STREAM = Stream(
