@@ -20,7 +20,10 @@ class StdinSource:
         self._raw = self._stream.buffer if hasattr(self._stream, "buffer") else self._stream
 
     def any(self):
-        return bool(self._poll.poll(0))
+        # ipoll reuses its result tuple: no allocation when nothing has arrived
+        for _ in self._poll.ipoll(0) if hasattr(self._poll, "ipoll") else self._poll.poll(0):
+            return True
+        return False
 
     def read1(self):
         b = self._raw.read(1)
