@@ -178,13 +178,13 @@ class Meter:
             try:
                 from meter.mqtt_pub import MqttPublisher
 
-                self._mqtt = MqttPublisher(c["mqtt"]["url"], c["device_id"],
-                                           user=c["mqtt"]["user"] or None,
-                                           password=self.cfg.secret("mqtt.password") or None,
-                                           prefix=c["mqtt"]["prefix"],
-                                           discovery=c["mqtt"]["discovery"],
-                                           channels=[ch["name"] for ch in c["channels"]],
-                                           cadata=cadata)
+                self._mqtt = MqttPublisher.from_url(
+                    c["mqtt"]["url"], c["device_id"], cadata=cadata,
+                    user=c["mqtt"]["user"] or None,
+                    password=self.cfg.secret("mqtt.password") or None,
+                    prefix=c["mqtt"]["prefix"], discovery=c["mqtt"]["discovery"],
+                    channels=tuple(range(1, len(c["channels"]) + 1)),
+                    voltage=c["voltage"] is not None)
             except ImportError as exc:
                 self.problems.append("mqtt disabled: %s" % exc)
             except ValueError as exc:
