@@ -171,6 +171,10 @@ def accuracy_markdown(r):
             "ESP32's 11 dB transfer curve bends (in the model, as on the chip); that error is "
             "in the codes, so every algorithm shares it and a one-point gain cannot remove it "
             "(a calibration `table` can)."]
+    clipped = [row for row in rows if row["min_code"] == 0 or row["max_code"] == 4095]
+    if clipped:
+        lines[-1] += (" At " + ", ".join(f"{row['percent']:g} %" for row in clipped)
+                      + " the codes reach 0 or 4095: the ADC clips.")
     g = ", ".join(f"{n} {v:.4f}" for n, v in r["gains"].items())
     lines += ["", f"Calibration gains: {g}."]
     return "\n".join(lines)
