@@ -168,3 +168,11 @@ def test_saturation_reduces_peaks_at_high_current():
     # a bigger burden saturates earlier
     assert Frontend("sct013-000", burden_ohm=33, seed=1).saturation_peak < fe.saturation_peak
     assert Frontend("sct013-000", ideal=True).saturate(np.array([1e5]))[0] == 1e5
+
+
+def test_bias_code_is_the_true_mean_code_at_zero_current():
+    fe = Frontend("sct013-000", seed=9, vref_mv=None)
+    noise = np.random.default_rng(0).standard_normal(40_000)
+    codes = fe.codes(np.zeros(40_000), noise).astype(float)
+    assert codes.mean() == pytest.approx(fe.bias_code, abs=0.3)
+    assert abs(fe.bias_code - fe.nominal_bias_code) > 0.3  # the unit differs from nominal

@@ -110,12 +110,20 @@ class Esp32Adc:
         np.minimum(x, 4096.0, out=x)
         return x.reshape(shape)
 
+    def with_inl(self, x):
+        """Continuous codes plus the INL bow (zero at both ends, inl_lsb at mid-scale)."""
+        if not self._inl_amp:
+            return x
+        s = np.clip(x, 0.0, 4095.0) / 4095.0
+        return x + self._inl_amp * 4.0 * s * (1.0 - s)
+
+    def mean_code(self, volts):
+        """Expected (noise-averaged) code of a steady pin voltage, before quantization."""
+        return self.with_inl(self.transfer(volts))
+
     def code_of(self, x):
         """INL + DNL + quantization of continuous codes x -> uint16 0..4095."""
-        if self._inl_amp:
-            s = np.clip(x, 0.0, 4095.0) / 4095.0
-            x = x + self._inl_amp * 4.0 * s * (1.0 - s)
-        x = np.asarray(x, dtype=np.float64)
+        x = self.with_inl(np.asarray(x, dtype=np.float64))
         q = np.clip(np.rint(x), 0, 4095).astype(np.int64)
         q -= x < self._t_lo[q]
         q += x >= self._t_hi[q]

@@ -108,8 +108,8 @@ class Frontend:
 
     @property
     def bias_code(self):
-        """The true, noise-free mean code of the bias point (float)."""
-        return float(self.adc.transfer(self.bias_v))
+        """The true mean code of the bias point (float: noise-averaged, with INL)."""
+        return float(self.adc.mean_code(self.bias_v))
 
     @property
     def nominal_bias_code(self):

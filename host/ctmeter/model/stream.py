@@ -72,6 +72,11 @@ class Frames:
     def t0(self):
         return self.k0 / self.sample_rate
 
+    @property
+    def times(self):
+        """Sample instants (s) of the rows of `codes` (before any channel skew)."""
+        return np.arange(self.k0, self.k0 + self.n) / self.sample_rate
+
 
 class Stream:
     def __init__(self, channels, mains=None, voltage=None, sample_rate=4000.0, seed=0,
@@ -108,15 +113,31 @@ class Stream:
             raise StreamError(f"cannot change the load at t={at_time:.6f} s: samples up to "
                               f"{self.horizon:.6f} s have already been delivered")
 
+    def _channel(self, channel):
+        if not isinstance(channel, int) or not 0 <= channel < len(self.channels):
+            raise StreamError(f"no current channel {channel!r} (0..{len(self.channels) - 1})")
+        return self.channels[channel]
+
     def set_load(self, channel, load, at_time):
         """From at_time (s) on, `load` alone (None = nothing) is on `channel`."""
+        ch = self._channel(channel)
         self._check_time(at_time)
-        self.channels[channel].profile.switch(load, at_time)
+        ch.profile.switch(load, at_time)
 
     def add_load(self, channel, load, at_time, until=math.inf):
         """Switch `load` on at at_time (and off at `until`) in addition to what is on."""
+        ch = self._channel(channel)
         self._check_time(at_time)
-        self.channels[channel].profile.add(load, at_time, until)
+        ch.profile.add(load, at_time, until)
+
+    def describe(self):
+        """Configuration for diagnostics: mains, each channel's unit and load count."""
+        return {
+            "sample_rate": self.sample_rate, "seed": self.seed, "mains": repr(self.mains),
+            "channels": [dict(c.frontend.describe(), segments=len(c.profile))
+                         for c in self.channels],
+            "voltage": self.voltage.describe() if self.voltage is not None else None,
+        }
 
     # --- physics ---
     def _res(self, load):
