@@ -32,6 +32,8 @@ Public API (all deterministic from their `seed` arguments):
               -> int (floor of the running total, additive over consecutive ranges)
         .set_load(ch, load_or_None, at_time);  .add_load(ch, load, at_time, until=inf)
         .current(ch, t) / .mains_voltage(t) -> physical signals at arbitrary times
+        .describe() -> dict for diagnostics;  Frames.times -> sample instants (s)
+        channel_skew_s: column j is sampled j * skew later (sequential ADC reads)
 
     Profile().add(load, start, stop=inf) / .switch(load, at);  Profile.constant(load)
     varying_profile(days, seed, scale=1.0) -> Profile (household mix for soak tests)
@@ -47,6 +49,11 @@ Public API (all deterministic from their `seed` arguments):
         .codes, .t, .frontends, .truth(t1, t2) -> dict(irms, vrms, p, s, pf)
 
     load_profile(name) -> SensorProfile; profile_names()
+
+ESP32 11 dB top end: Espressif's esp_adc_cal curves (above raw 2880) are used as the chip's
+true transfer, so codes leave the straight line there and reach 4095 near 3.06-3.21 V
+(Vref 1000-1200) instead of ~3.44 V; nominal conversions stay on the straight line, as
+firmware that does not linearise would.
 
 Loads are sized (irms= or watts=) at the grid's nominal voltage. Truth is exact for the model:
 every current is envelope(t) x one-cycle table(mains phase), and the integrals over any range
