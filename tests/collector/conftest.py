@@ -9,7 +9,6 @@ import urllib.error
 import urllib.request
 
 import pytest
-
 from ctmeter.serve import Collector, ServeConfig
 from ctmeter.serve.services import TempMosquitto, TempPostgres
 from ctmeter.serve.storage import open_storage

@@ -10,11 +10,10 @@ import time
 import urllib.request
 
 import pytest
+from ctmeter.serve import Collector
 from websockets.sync.client import connect
 
 from tests.collector.conftest import ADMIN, TOKENS, Client, make_config
-
-from ctmeter.serve import Collector
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

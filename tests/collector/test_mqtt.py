@@ -7,12 +7,11 @@ import time
 
 import paho.mqtt.client as mqtt
 import pytest
+from ctmeter.serve import Collector
 from meter.reading import encode
 
 from tests.collector.conftest import make_config
 from tests.collector.test_http import wait_for
-
-from ctmeter.serve import Collector
 
 
 @pytest.fixture

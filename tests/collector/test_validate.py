@@ -4,9 +4,8 @@
 import json
 
 import pytest
-from meter.reading import FIELDS, MINIMAL_FIELDS, encode
-
 from ctmeter.serve.validate import RANGES, InvalidReading, parse_panel, parse_reading, to_json
+from meter.reading import FIELDS, MINIMAL_FIELDS, encode
 
 NOW = 1_780_000_000.0
 

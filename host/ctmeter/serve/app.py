@@ -29,14 +29,16 @@ from meter.reading import FIELDS
 
 from ctmeter.serve import queries
 from ctmeter.serve.alerts import Monitor
-from ctmeter.serve.httpd import Response, Stream, error, json_response, start_http
-from ctmeter.serve.storage import open_storage
+from ctmeter.serve.httpd import Response, Stream, error, json_response, start_http, stop_http
+from ctmeter.serve.storage import StorageError, open_storage
 from ctmeter.serve.validate import InvalidReading, parse_reading, to_json
 
 log = logging.getLogger("ctmeter.serve")
 INGEST_PATHS = ("/api/measurements", "/api/data", "/api/energy/add")
 STATIC = Path(__file__).with_name("static")
 COOKIE = "ctmeter_session"
+STORED = b'{"stored":true,"duplicate":false}'
+DUPLICATE = b'{"stored":false,"duplicate":true}'
 MAX_LIMIT = 100000
 
 
@@ -91,6 +93,7 @@ class Collector:
         self._admin = _digest(cfg.admin_token) if cfg.admin_token else None
         self._device_by_token = {_digest(t): d for d, t in cfg.device_tokens.items()}
         self._sessions = set()
+        self._pending = []
         self.loop = None
         self.hub = None
         self.monitor = None
@@ -163,9 +166,8 @@ class Collector:
         if self.loop and self._thread and self._thread.is_alive():
             async def shutdown():
                 self._monitor_task.cancel()
-                self._server.close()
-                for q in list(self.hub.clients):
-                    q.put_nowait(None)
+                await stop_http(self._server)
+                await asyncio.gather(self._monitor_task, return_exceptions=True)
             asyncio.run_coroutine_threadsafe(shutdown(), self.loop).result(10)
             self.loop.call_soon_threadsafe(self.loop.stop)
             self._thread.join(10)
@@ -269,11 +271,37 @@ class Collector:
         if who != "admin" and who != row["device_id"]:
             self.stats["rejected"] += 1
             return error(403, "this token may only post for its own deviceId")
-        flags = await asyncio.wrap_future(self.store.submit([row]))
-        self._after_store([row], flags, now)
-        if flags[0]:
-            return json_response(201, {"stored": True, "duplicate": False})
-        return json_response(200, {"stored": False, "duplicate": True})
+        try:
+            stored = await self._store_one(row)
+        except StorageError as exc:
+            log.error("storing a reading failed: %s", exc)
+            return error(503, "storage unavailable, retry later")
+        self._after_store([row], [stored], now)
+        return Response(201, STORED) if stored else Response(200, DUPLICATE)
+
+    def _store_one(self, row):
+        """An awaitable for one row. Rows arriving in the same loop iteration go to the writer
+        as one batch, and come back with one cross-thread wake-up."""
+        fut = self.loop.create_future()
+        self._pending.append((row, fut))
+        if len(self._pending) == 1:
+            self.loop.call_soon(self._flush)
+        return fut
+
+    def _flush(self):
+        batch, self._pending = self._pending, []
+        loop = self.loop
+
+        def done(flags, exc):  # in the writer thread
+            loop.call_soon_threadsafe(self._resolve, batch, flags, exc)
+
+        self.store.submit_callback([row for row, _ in batch], done)
+
+    @staticmethod
+    def _resolve(batch, flags, exc):
+        for i, (_row, fut) in enumerate(batch):
+            if not fut.done():
+                fut.set_exception(exc) if exc else fut.set_result(flags[i])
 
     async def _blocking(self, fn, *args):
         return await self.loop.run_in_executor(None, fn, *args)

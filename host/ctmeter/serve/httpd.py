@@ -74,10 +74,38 @@ def _head(status, content_type, length, headers, keep_alive):
 
 
 async def start_http(handler, host, port, max_body=4096):
-    async def client(reader, writer):
-        await _serve_connection(handler, reader, writer, max_body)
+    loop = asyncio.get_running_loop()
+    conns = set()
+    server = await loop.create_server(lambda: _Connection(handler, max_body, conns),
+                                      host, port, backlog=2048)
+    server.sweeper = asyncio.ensure_future(_sweep(conns))
+    server.conns = conns
+    return server
 
-    return await asyncio.start_server(client, host, port, limit=MAX_HEAD, backlog=2048)
+
+async def stop_http(server):
+    """Stop listening, drop every connection and wait for the handlers to finish."""
+    server.sweeper.cancel()
+    server.close()
+    tasks = []
+    for conn in list(server.conns):
+        conn.transport.abort()
+        if conn.task is not None:
+            conn.task.cancel()
+            tasks.append(conn.task)
+    await asyncio.gather(server.sweeper, *tasks, return_exceptions=True)
+
+
+async def _sweep(conns):
+    """Close connections that sit idle or send a request too slowly (one timer for all,
+    instead of a timer per request)."""
+    loop = asyncio.get_running_loop()
+    while True:
+        await asyncio.sleep(1.0)
+        now = loop.time()
+        for conn in list(conns):
+            if conn.deadline is not None and conn.deadline < now:
+                conn.transport.abort()
 
 
 def _parse_head(head):
@@ -94,85 +122,130 @@ def _parse_head(head):
         if not sep or not name or name != name.strip():
             raise ValueError("bad header line")
         headers[name.lower()] = value.strip()
+    if "?" not in target and "%" not in target:
+        return method, target, {}, headers, version
     url = urlsplit(target)
     path = unquote(url.path)
     return method, path, parse_qs(url.query, keep_blank_values=True), headers, version
 
 
-async def _serve_connection(handler, reader, writer, max_body):
-    loop = asyncio.get_running_loop()
-    transport = writer.transport
-    peer = writer.get_extra_info("peername") or ()
-    try:
-        while True:
-            timer = loop.call_later(IDLE_S, transport.abort)
-            try:
-                head = await reader.readuntil(b"\r\n\r\n")
-            except asyncio.LimitOverrunError:
-                writer.write(_simple(431, "request header too large"))
-                break
-            finally:
-                timer.cancel()
-            try:
-                method, path, query, headers, version = _parse_head(head[:-4])
-            except (ValueError, UnicodeError):
-                writer.write(_simple(400, "malformed request"))
-                break
-            if "transfer-encoding" in headers:
-                writer.write(_simple(411, "send a Content-Length body"))
-                break
-            length = headers.get("content-length", "0")
-            if not length.isdigit() or len(length) > 12:
-                writer.write(_simple(400, "bad Content-Length"))
-                break
-            length = int(length)
-            if length > max_body:
-                writer.write(_simple(413, f"body larger than {max_body} bytes"))
-                break
-            body = b""
-            if length:
-                timer = loop.call_later(BODY_S, transport.abort)
-                try:
-                    body = await reader.readexactly(length)
-                finally:
-                    timer.cancel()
-            conn = headers.get("connection", "").lower()
-            keep = conn != "close" and (version == "HTTP/1.1" or conn == "keep-alive")
-            req = Request(method, path, query, headers, body, peer)
-            try:
-                resp = await handler(req)
-            except Exception:  # a bug in one handler must not take the server down
-                log.exception("error handling %s %s", method, path)
-                resp = error(500, "internal error")
-            if isinstance(resp, Stream):
-                await _stream(writer, resp)
-                break
-            writer.write(_head(resp.status, resp.content_type, len(resp.body), resp.headers,
-                               keep) + resp.body)
-            await writer.drain()
-            if not keep:
-                break
-    except (asyncio.IncompleteReadError, ConnectionError, TimeoutError):
-        pass
-    finally:
+class _Connection(asyncio.Protocol):
+    """One client connection: parses requests from the buffer and answers them in order
+    (a pipelined request waits until the one before it has been answered)."""
+
+    def __init__(self, handler, max_body, conns):
+        self.handler = handler
+        self.max_body = max_body
+        self.conns = conns
+        self.buf = bytearray()
+        self.busy = False
+        self.closed = False
+        self.deadline = None
+        self.transport = None
+        self.task = None
+        self.loop = asyncio.get_running_loop()
+
+    def connection_made(self, transport):
+        self.transport = transport
+        self.peer = transport.get_extra_info("peername") or ()
+        self.conns.add(self)
+        self.deadline = self.loop.time() + IDLE_S
+
+    def connection_lost(self, exc):
+        self.closed = True
+        self.conns.discard(self)
+
+    def data_received(self, data):
+        self.buf += data
+        if not self.busy:
+            self._next()
+        elif len(self.buf) > MAX_HEAD + self.max_body:
+            self.transport.pause_reading()  # a client pipelining far ahead: let it wait
+
+    def _fail(self, status, message):
+        self.transport.write(_simple(status, message))
+        self.transport.close()
+        self.closed = True
+        self.buf.clear()
+
+    def _next(self):
+        """Start the next complete request in the buffer, if there is one."""
+        buf = self.buf
+        end = buf.find(b"\r\n\r\n")
+        if end < 0:
+            if len(buf) > MAX_HEAD:
+                self._fail(431, "request header too large")
+            elif buf:
+                self.deadline = self.loop.time() + BODY_S
+            else:
+                self.deadline = self.loop.time() + IDLE_S
+            return
+        if end > MAX_HEAD:
+            return self._fail(431, "request header too large")
         try:
-            writer.close()
-        except RuntimeError:  # loop closing
-            pass
+            method, path, query, headers, version = _parse_head(bytes(buf[:end]))
+        except (ValueError, UnicodeError):
+            return self._fail(400, "malformed request")
+        if "transfer-encoding" in headers:
+            return self._fail(411, "send a Content-Length body")
+        length = headers.get("content-length", "0")
+        if not length.isdigit() or len(length) > 12:
+            return self._fail(400, "bad Content-Length")
+        length = int(length)
+        if length > self.max_body:
+            return self._fail(413, f"body larger than {self.max_body} bytes")
+        start = end + 4
+        if len(buf) < start + length:
+            self.deadline = self.loop.time() + BODY_S
+            return
+        body = bytes(buf[start:start + length])
+        del buf[:start + length]
+        self.deadline = None  # no timeout while the handler works
+        conn = headers.get("connection", "").lower()
+        keep = conn != "close" and (version == "HTTP/1.1" or conn == "keep-alive")
+        self.busy = True
+        req = Request(method, path, query, headers, body, self.peer)
+        self.task = self.loop.create_task(self._answer(req, keep))
 
+    async def _answer(self, req, keep):
+        try:
+            resp = await self.handler(req)
+        except Exception:  # a bug in one handler must not take the server down
+            log.exception("error handling %s %s", req.method, req.path)
+            resp = error(500, "internal error")
+        if self.closed:
+            return
+        if isinstance(resp, Stream):
+            await self._stream(resp)
+            return
+        self.transport.write(_head(resp.status, resp.content_type, len(resp.body), resp.headers,
+                                   keep) + resp.body)
+        if not keep:
+            self.transport.close()
+            self.closed = True
+            return
+        self.busy = False
+        self.task = None
+        self.transport.resume_reading()
+        self._next()
 
-async def _stream(writer, resp):
-    writer.write(_head(200, resp.content_type, None,
-                       [("Cache-Control", "no-cache")] + resp.headers, False))
-    await writer.drain()
-    try:
-        async for chunk in resp.source:
-            writer.write(chunk)
-            await writer.drain()
-    finally:
-        aclose = getattr(resp.source, "aclose", None)
-        if aclose:
-            await aclose()
+    async def _stream(self, resp):
+        t = self.transport
+        t.write(_head(200, resp.content_type, None,
+                      [("Cache-Control", "no-cache")] + resp.headers, False))
+        try:
+            async for chunk in resp.source:
+                if self.closed:
+                    break
+                if t.get_write_buffer_size() > 1 << 20:  # the reader stopped reading
+                    break
+                t.write(chunk)
+        finally:
+            aclose = getattr(resp.source, "aclose", None)
+            if aclose:
+                await aclose()
+            t.close()
+            self.closed = True
 
 
 def _simple(status, message):

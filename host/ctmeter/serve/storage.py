@@ -17,9 +17,11 @@ Reads use one connection per thread.
 
 import concurrent.futures
 import json
+import logging
 import queue
 import sqlite3
 import threading
+import time
 from urllib.parse import unquote, urlparse
 
 from ctmeter.serve.validate import to_json
@@ -43,6 +45,7 @@ COLUMNS = (
 ROW_KEYS = [k for k, _ in COLUMNS]
 DB_COLS = [c for _, c in COLUMNS]
 MAX_BATCH = 2000
+DEVICE_PERSIST_S = 5.0
 ENERGY_LOOKBACK_MS = 2 * 86400 * 1000  # a reading this far before a range is its baseline
 
 _TYPES = {
@@ -90,6 +93,13 @@ class StorageError(RuntimeError):
     pass
 
 
+def _call(done, flags, exc):
+    try:
+        done(flags, exc)
+    except Exception:  # noqa: BLE001  (a caller's callback must not kill the writer)
+        logging.getLogger("ctmeter.serve").exception("storage callback failed")
+
+
 def _db_row(row):
     return tuple(row[k] for k in ROW_KEYS)
 
@@ -109,6 +119,7 @@ class Storage:
         self._lock = threading.Lock()
         self._queue = queue.SimpleQueue()
         self._closed = False
+        self._dev_pending = {}  # device -> [seen_ms, interval, newest row|None, written]
         conn = self.connect()
         self._setup(conn)
         self._writer_conn = conn
@@ -133,11 +144,20 @@ class Storage:
     def submit(self, rows):
         """Queue rows for the writer; the future gives one bool per row (True = stored)."""
         fut = concurrent.futures.Future()
-        if self._closed:
-            fut.set_exception(StorageError("storage is closed"))
-            return fut
-        self._queue.put((rows, fut))
+
+        def done(flags, exc):
+            fut.set_exception(exc) if exc else fut.set_result(flags)
+
+        self.submit_callback(rows, done)
         return fut
+
+    def submit_callback(self, rows, done):
+        """Queue rows; the writer thread calls done(flags, None) or done(None, exc) after
+        the commit. Cheaper than a Future when the caller batches many requests."""
+        if self._closed:
+            done(None, StorageError("storage is closed"))
+            return
+        self._queue.put((rows, done))
 
     def insert(self, rows, timeout=30):
         return self.submit(rows).result(timeout)
@@ -164,6 +184,7 @@ class Storage:
             self._write(conn, batch)
             if stop:
                 break
+        self._flush_devices(conn, everything=True)
 
     def _write(self, conn, batch):
         try:
@@ -171,34 +192,54 @@ class Storage:
         except Exception as exc:  # one bad request must not fail the others: retry one by one
             self._rollback(conn)
             if len(batch) == 1:
-                batch[0][1].set_exception(StorageError(str(exc)))
+                _call(batch[0][1], None, StorageError(str(exc)))
                 return
             for item in batch:
                 self._write(conn, [item])
             return
         i = 0
-        for rows, fut in batch:
-            fut.set_result(flags[i:i + len(rows)])
+        for rows, done in batch:
+            _call(done, flags[i:i + len(rows)], None)
             i += len(rows)
 
     def _commit(self, conn, rows):
         flags = self._insert_batch(conn, rows)
-        latest = {}
+        now = time.monotonic()
+        pending = self._dev_pending
         for row in rows:
-            dev = latest.get(row["device_id"])
-            if dev is None or row["ts_ms"] >= dev["ts_ms"]:
-                latest[row["device_id"]] = row
-        seen = {}
-        for row in rows:
-            seen[row["device_id"]] = max(seen.get(row["device_id"], 0), row["received_ms"])
-        params = [
-            (d, seen[d], r["interval"], r["ts_ms"], json.dumps(to_json(r)))
-            for d, r in latest.items()
-        ]
-        cur = conn.cursor()
-        cur.executemany(self.sql(_UPSERT_DEVICE), params)
+            dev = row["device_id"]
+            old = pending.get(dev)
+            if old is None:
+                pending[dev] = [row["received_ms"], row["interval"], row, 0.0]
+            else:
+                old[0] = max(old[0], row["received_ms"])
+                old[1] = row["interval"] or old[1]
+                if old[2] is None or row["ts_ms"] >= old[2]["ts_ms"]:
+                    old[2] = row
+        self._flush_devices(conn, now=now, commit=False)
         conn.commit()
         return flags
+
+    def _flush_devices(self, conn, now=None, everything=False, commit=True):
+        """Persist the devices table (last seen, newest reading): at most every
+        DEVICE_PERSIST_S per device, so 1,000 meters do not cost an upsert per reading;
+        the running collector keeps the live state in memory."""
+        now = time.monotonic() if now is None else now
+        params = []
+        for dev, entry in self._dev_pending.items():
+            seen, interval, row, written = entry
+            if row is not None and (everything or now - written >= DEVICE_PERSIST_S):
+                params.append((dev, seen, interval, row["ts_ms"], json.dumps(to_json(row))))
+                entry[2], entry[3] = None, now
+        self._dev_pending = {d: e for d, e in self._dev_pending.items()
+                             if e[2] is not None or now - e[3] < DEVICE_PERSIST_S}
+        if params:
+            conn.cursor().executemany(self.sql(_UPSERT_DEVICE), params)
+        if commit:
+            try:
+                conn.commit()
+            except Exception:  # noqa: BLE001  (closing: nothing more to do)
+                pass
 
     def _rollback(self, conn):
         try:
@@ -367,8 +408,18 @@ class SQLiteStorage(Storage):
         conn.commit()
 
     def _insert_batch(self, conn, rows):
-        cur = conn.cursor()
         text = _INSERT.replace("INSERT INTO", "INSERT OR IGNORE INTO")
+        # Fast path: one executemany; if every row was new (the usual case) we are done.
+        # Otherwise undo it and insert row by row to learn which ones were duplicates.
+        conn.execute("SAVEPOINT batch")
+        before = conn.total_changes
+        conn.executemany(text, [_db_row(r) for r in rows])
+        if conn.total_changes - before == len(rows):
+            conn.execute("RELEASE batch")
+            return [True] * len(rows)
+        conn.execute("ROLLBACK TO batch")
+        conn.execute("RELEASE batch")
+        cur = conn.cursor()
         flags = []
         for row in rows:
             cur.execute(text, _db_row(row))

@@ -39,18 +39,16 @@ class InvalidReading(ValueError):
     """The body is not an acceptable reading; the message says which field and why."""
 
 
-def _number(obj, key, integer=False):
-    value = obj[key]
-    # bool is an int subclass: true/false are not numbers here
-    if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
-        kind = "an integer" if integer else "a number"
-        raise InvalidReading(f"{key} must be {kind}")
-    if not integer and not math.isfinite(value):
-        raise InvalidReading(f"{key} must be finite")
+_CHECKS = tuple((k, lo, hi, k in INTEGER_FIELDS) for k, (lo, hi) in RANGES.items())
+
+
+def _bad_number(key, value, integer):
+    if type(value) not in (int, float) or (integer and type(value) is not int):
+        return InvalidReading(f"{key} must be {'an integer' if integer else 'a number'}")
+    if value != value or value in (math.inf, -math.inf):
+        return InvalidReading(f"{key} must be finite")
     low, high = RANGES[key]
-    if not low <= value <= high:
-        raise InvalidReading(f"{key} out of range [{low}, {high}]")
-    return value
+    return InvalidReading(f"{key} out of range [{low}, {high}]")
 
 
 def parse_reading(obj, now, source="http"):
@@ -66,11 +64,14 @@ def parse_reading(obj, now, source="http"):
     if not isinstance(device_id, str) or not DEVICE_ID.match(device_id):
         raise InvalidReading("deviceId must be 1-64 characters of A-Z a-z 0-9 _ . : -")
     row = {"device_id": device_id, "received": now, "source": source}
-    for key in RANGES:
-        if key in obj and obj[key] is not None:
-            row[key] = _number(obj, key, key in INTEGER_FIELDS)
-        else:
-            row[key] = None
+    get = obj.get
+    for key, low, high, integer in _CHECKS:  # the hot path of ingest: kept tight
+        value = get(key)
+        if value is not None:
+            kind = type(value)  # exact types: true/false are not numbers here
+            if not ((kind is int or (kind is float and not integer)) and low <= value <= high):
+                raise _bad_number(key, value, integer)
+        row[key] = value
     ts = obj.get("ts")
     if ts is None:
         ts = now
