@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from meter.energy import UNIT, EnergyCounter, EnergyError
 
 YEAR_US = 365 * 24 * 3600 * 10**6

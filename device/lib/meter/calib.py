@@ -10,7 +10,7 @@
 apply() maps an RMS value in physical units (A for a current channel, V for a voltage
 channel) computed with the nominal scale, to the corrected value:
   1. table: [[measured, true], ...] with measured strictly increasing (at least 2 points),
-     linear interpolation, extended beyond both ends along the end segments (an empty table
+     (by at least MIN_STEP), linear interpolation, extended beyond both ends along the end segments (an empty table
      is the identity);
   2. gain * x + offset;
   3. results below noise_floor read 0 (negative results too).
@@ -23,6 +23,7 @@ Bad values raise CalibrationError naming the field; nothing is half-applied.
 KEYS = ("gain", "offset", "table", "phase_deg", "noise_floor")
 MAX_TABLE = 32
 MAX_PHASE_DEG = 30.0
+MIN_STEP = 1e-6  # table points closer than this (1 uA / 1 uV) are a mistake, not data
 
 
 class CalibrationError(ValueError):
@@ -54,10 +55,10 @@ def _table(value):
         y = _number("table[%d] true" % n, pair[1])
         if x < 0.0 or y < 0.0:
             raise CalibrationError("calibration table point %d is negative" % n)
-        if xs and x <= xs[-1]:
+        if xs and x < xs[-1] + MIN_STEP:
             raise CalibrationError(
-                "calibration table measured values must increase (point %d: %r after %r)"
-                % (n, x, xs[-1])
+                "calibration table measured values must increase by at least %g "
+                "(point %d: %r after %r)" % (MIN_STEP, n, x, xs[-1])
             )
         xs.append(x)
         ys.append(y)
@@ -102,7 +103,7 @@ class Calibration:
             k += 1
         x0 = xs[k - 1]
         y0 = ys[k - 1]
-        return y0 + (ys[k] - y0) * (x - x0) / (xs[k] - x0)
+        return y0 + (x - x0) * ((ys[k] - y0) / (xs[k] - x0))
 
     def apply(self, x):
         y = self.gain * self.correct(x) + self.offset
