@@ -52,7 +52,7 @@ def run_products(frames, nch, ich, vch, pieces):
 
 def split(n, cuts):
     pts = sorted({c % (n + 1) for c in cuts} | {0, n})
-    return [b - a for a, b in zip(pts, pts[1:])]
+    return [b - a for a, b in zip(pts, pts[1:], strict=False)]
 
 
 def numpy_stats(col):

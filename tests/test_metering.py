@@ -40,7 +40,7 @@ def measure(wf, frames=None, pieces=3, calib=None, strict=False, end_correction=
     n = len(frames)
     cuts = [n * k // pieces for k in range(pieces + 1)]
     with shims.strict_int32(strict):
-        for a, b in zip(cuts, cuts[1:]):
+        for a, b in zip(cuts, cuts[1:], strict=False):
             acc.add(buf, a, b - a)
     return acc, acc.finish(wf.sample_rate)
 
