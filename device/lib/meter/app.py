@@ -31,7 +31,7 @@ from meter import reading
 from meter.board import make_board
 from meter.calib import Calibration, CalibrationError
 from meter.config import Config, ConfigError
-from meter.console import Console, ConsoleError
+from meter.console import Console
 from meter.energy import EnergyCounter, EnergyError
 from meter.flashfs import FlashFS
 from meter.metering import MeterError, WindowAccumulator, rms_counts
@@ -169,9 +169,9 @@ class Meter:
             from meter.http_post import HttpPoster, PostError
 
             try:
-                self._http = HttpPoster(c["http"]["url"], self.cfg.secret("http.token") or None,
-                                        cadata=cadata, timeout_ms=int(c["http"]["timeout_s"] * 1000),
-                                        default_path=c["http"]["path"])
+                self._http = HttpPoster(
+                    c["http"]["url"], self.cfg.secret("http.token") or None, cadata=cadata,
+                    timeout_ms=int(c["http"]["timeout_s"] * 1000), default_path=c["http"]["path"])
             except PostError as exc:
                 self.problems.append("http disabled: %s" % exc)
         if c["mqtt"]["enabled"]:

@@ -10,7 +10,6 @@ checks against the board file; ADC2 reads fail or read 0 while Wi-Fi is on).
 import array
 import gc
 import os
-import sys
 import time
 
 import machine
