@@ -162,3 +162,13 @@ def test_power_and_counter_reset_alerts_with_webhook(collector, webhook, caplog)
     assert c.post(f"/api/alerts/{power_id}/read", None, TOKENS["m1"])[0] == 403
     for secret in (ADMIN, *TOKENS.values(), "secret=abc"):
         assert secret not in caplog.text
+
+
+def test_storage_failure_answers_503_so_the_meter_retries(collector):
+    col = collector()
+    c = Client(col.url)
+    assert c.post("/api/measurements", body(seq=1), TOKENS["m1"])[0] == 201
+    col.store.execute("DROP TABLE readings")  # the database goes away under the collector
+    status, answer = c.post("/api/measurements", body(seq=2), TOKENS["m1"])
+    assert status == 503 and "retry" in answer["error"]
+    assert c.get("/healthz", token=None)[0] == 200  # and it keeps serving

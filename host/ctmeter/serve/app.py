@@ -30,7 +30,7 @@ from meter.reading import FIELDS
 from ctmeter.serve import queries
 from ctmeter.serve.alerts import Monitor
 from ctmeter.serve.httpd import Response, Stream, error, json_response, start_http, stop_http
-from ctmeter.serve.storage import StorageError, open_storage
+from ctmeter.serve.storage import open_storage
 from ctmeter.serve.validate import InvalidReading, parse_reading, to_json
 
 log = logging.getLogger("ctmeter.serve")
@@ -234,9 +234,11 @@ class Collector:
                 return "admin"
         return None
 
-    async def handle(self, req):
+    def handle(self, req):
+        """A Response, or a Future of one (ingest: answered when the batch commits), or a
+        coroutine (queries) — see httpd.start_http."""
         if req.method == "POST" and req.path in INGEST_PATHS:
-            return await self._ingest(req)
+            return self._ingest(req)
         if req.path == "/healthz":
             return json_response(200, {"ok": True})
         if req.path in ("/", "/dashboard"):
@@ -253,9 +255,9 @@ class Collector:
             return error(401, "admin token required")
         if who != "admin":
             return error(403, "a device token can only post readings")
-        return await self._api(req)
+        return self._api(req)
 
-    async def _ingest(self, req):
+    def _ingest(self, req):
         who = self._identity(req)
         if who is None:
             self.stats["rejected"] += 1
@@ -271,19 +273,10 @@ class Collector:
         if who != "admin" and who != row["device_id"]:
             self.stats["rejected"] += 1
             return error(403, "this token may only post for its own deviceId")
-        try:
-            stored = await self._store_one(row)
-        except StorageError as exc:
-            log.error("storing a reading failed: %s", exc)
-            return error(503, "storage unavailable, retry later")
-        self._after_store([row], [stored], now)
-        return Response(201, STORED) if stored else Response(200, DUPLICATE)
-
-    def _store_one(self, row):
-        """An awaitable for one row. Rows arriving in the same loop iteration go to the writer
-        as one batch, and come back with one cross-thread wake-up."""
+        # Rows arriving in the same loop turn go to the writer as one batch and come back
+        # with one cross-thread wake-up; each request's answer is a future resolved then.
         fut = self.loop.create_future()
-        self._pending.append((row, fut))
+        self._pending.append((row, now, fut))
         if len(self._pending) == 1:
             self.loop.call_soon(self._flush)
         return fut
@@ -293,15 +286,27 @@ class Collector:
         loop = self.loop
 
         def done(flags, exc):  # in the writer thread
-            loop.call_soon_threadsafe(self._resolve, batch, flags, exc)
+            try:
+                loop.call_soon_threadsafe(self._resolve, batch, flags, exc)
+            except RuntimeError:  # the loop stopped meanwhile (shutdown): nobody is waiting
+                pass
 
-        self.store.submit_callback([row for row, _ in batch], done)
+        self.store.submit_callback([row for row, _, _ in batch], done)
 
-    @staticmethod
-    def _resolve(batch, flags, exc):
-        for i, (_row, fut) in enumerate(batch):
+    def _resolve(self, batch, flags, exc):
+        if exc is not None:
+            log.error("storing %d readings failed: %s", len(batch), exc)
+            for _, _, fut in batch:
+                if not fut.done():
+                    fut.set_result(error(503, "storage unavailable, retry later"))
+            return
+        for (row, now, fut), stored in zip(batch, flags, strict=True):
+            try:
+                self._after_store([row], [stored], now)
+            except Exception:  # noqa: BLE001  (alerting must not lose the answer)
+                log.exception("post-store processing failed")
             if not fut.done():
-                fut.set_exception(exc) if exc else fut.set_result(flags[i])
+                fut.set_result(Response(201, STORED) if stored else Response(200, DUPLICATE))
 
     async def _blocking(self, fn, *args):
         return await self.loop.run_in_executor(None, fn, *args)

@@ -1,13 +1,14 @@
 # SPDX-License-Identifier: MIT
-"""A small asyncio HTTP/1.1 server: keep-alive, Content-Length bodies, size limits, streaming.
+"""A small HTTP/1.1 server on an asyncio.Protocol: keep-alive, Content-Length bodies, limits.
 
     server = await start_http(handler, host, port, max_body=4096)
-    async def handler(req: Request) -> Response | Stream
+    def handler(req: Request) -> Response | Future[Response] | coroutine -> Response | Stream
 
 Only what the collector needs: no chunked request bodies (411), headers up to 16 KiB (431),
 bodies up to max_body (413, and the connection is closed without reading the body), idle
 connections closed after a timeout. The standard library's http.server costs a thread per
-connection and parses headers with the email package; this keeps 1,000 meters on one thread.
+connection and parses headers with the email package; this keeps 1,000 meters on one thread,
+and an ingest request costs no task: its answer is a future resolved when its batch commits.
 """
 
 import asyncio
@@ -205,19 +206,34 @@ class _Connection(asyncio.Protocol):
         keep = conn != "close" and (version == "HTTP/1.1" or conn == "keep-alive")
         self.busy = True
         req = Request(method, path, query, headers, body, self.peer)
-        self.task = self.loop.create_task(self._answer(req, keep))
-
-    async def _answer(self, req, keep):
         try:
-            resp = await self.handler(req)
+            resp = self.handler(req)
+        except Exception:  # a bug in one handler must not take the server down
+            log.exception("error handling %s %s", method, path)
+            resp = error(500, "internal error")
+        if isinstance(resp, Response):
+            self._send(resp, keep)
+        elif isinstance(resp, asyncio.Future):
+            resp.add_done_callback(lambda f: self._send(f.result(), keep))
+        else:  # a coroutine
+            self.task = self.loop.create_task(self._answer(resp, req, keep))
+
+    async def _answer(self, coro, req, keep):
+        try:
+            resp = await coro
         except Exception:  # a bug in one handler must not take the server down
             log.exception("error handling %s %s", req.method, req.path)
             resp = error(500, "internal error")
+        if isinstance(resp, Stream):
+            if not self.closed:
+                await self._stream(resp)
+            return
+        self._send(resp, keep)
+
+    def _send(self, resp, keep):
         if self.closed:
             return
-        if isinstance(resp, Stream):
-            await self._stream(resp)
-            return
+        self.task = None
         self.transport.write(_head(resp.status, resp.content_type, len(resp.body), resp.headers,
                                    keep) + resp.body)
         if not keep:
@@ -225,9 +241,11 @@ class _Connection(asyncio.Protocol):
             self.closed = True
             return
         self.busy = False
-        self.task = None
         self.transport.resume_reading()
-        self._next()
+        if self.buf:
+            self._next()
+        else:
+            self.deadline = self.loop.time() + IDLE_S
 
     async def _stream(self, resp):
         t = self.transport

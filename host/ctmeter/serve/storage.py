@@ -46,6 +46,7 @@ ROW_KEYS = [k for k, _ in COLUMNS]
 DB_COLS = [c for _, c in COLUMNS]
 MAX_BATCH = 2000
 DEVICE_PERSIST_S = 5.0
+GROUP_WINDOW_S = 0.005  # added latency bound that buys bigger commits under load
 ENERGY_LOOKBACK_MS = 2 * 86400 * 1000  # a reading this far before a range is its baseline
 
 _TYPES = {
@@ -171,6 +172,8 @@ class Storage:
             batch = [item]
             count = len(item[0])
             stop = False
+            if GROUP_WINDOW_S and self._queue.empty():
+                time.sleep(GROUP_WINDOW_S)  # let a few more requests join this commit
             while count < MAX_BATCH:
                 try:
                     nxt = self._queue.get_nowait()
