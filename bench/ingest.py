@@ -243,7 +243,9 @@ def run(seconds=10.0, devices=1000, rate=TARGET_RATE, saturation_s=5.0,
     resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
     out = {"devices": devices, "target_rate": rate, "target_p99_ms": TARGET_P99_MS,
            "seconds": seconds, "cpus": os.cpu_count(), "python": platform.python_version(),
-           "date": time.strftime("%Y-%m-%d"), "backends": {}}
+           "date": time.strftime("%Y-%m-%d"), "backends": {},
+           # other work on the machine competes for the same cores: say how busy it was
+           "loadavg_1min_before": round(os.getloadavg()[0], 2)}
     for backend in backends:
         if backend == "sqlite":
             with tempfile.TemporaryDirectory() as tmp:
@@ -259,6 +261,7 @@ def run(seconds=10.0, devices=1000, rate=TARGET_RATE, saturation_s=5.0,
                                    and p["p99_ms"] < TARGET_P99_MS and p["errors"] == 0)
         out["backends"][backend] = res
         print(f"ingest {backend}: {json.dumps(res)}", flush=True)
+    out["loadavg_1min_after"] = round(os.getloadavg()[0], 2)
     if write:
         write_results(out)
     return out
@@ -275,7 +278,9 @@ def _markdown(r):
         f"{r['seconds']:g} s after a 2 s warm-up; saturation: every device back to back. "
         f"Target: ≥ {r['target_rate']} readings/s with p99 < {r['target_p99_ms']:g} ms. "
         f"Machine: {r['cpus']} CPUs shared by client and server, Python {r['python']}, "
-        f"{r['date']}.",
+        f"{r['date']}; 1-minute load average {r['loadavg_1min_before']} before and "
+        f"{r['loadavg_1min_after']} after the run (other work on the machine competes for the "
+        f"same cores).",
         "",
         "| backend | paced readings/s | p50 ms | p99 ms | max ms | late | errors "
         "| saturation readings/s | saturation p99 ms | stored = posted | target met |",

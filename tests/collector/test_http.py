@@ -172,3 +172,14 @@ def test_storage_failure_answers_503_so_the_meter_retries(collector):
     status, answer = c.post("/api/measurements", body(seq=2), TOKENS["m1"])
     assert status == 503 and "retry" in answer["error"]
     assert c.get("/healthz", token=None)[0] == 200  # and it keeps serving
+
+
+def test_device_state_survives_a_restart(collector):
+    first = collector()
+    c = Client(first.url)
+    for seq in (1, 2, 3):  # the newest reading is only saved at the periodic flush or on stop
+        assert c.post("/api/measurements", body(seq=seq, kwh=seq / 10), TOKENS["m1"])[0] == 201
+    first.stop()
+    second = collector()
+    (dev,) = Client(second.url).get("/api/status")[1]["devices"]
+    assert dev["deviceId"] == "m1" and dev["last"]["seq"] == 3 and dev["status"] == "ONLINE"

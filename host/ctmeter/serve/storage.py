@@ -120,7 +120,9 @@ class Storage:
         self._lock = threading.Lock()
         self._queue = queue.SimpleQueue()
         self._closed = False
-        self._dev_pending = {}  # device -> [seen_ms, interval, newest row|None, written]
+        self._dev_pending = {}  # device -> [seen_ms, interval, newest row] not yet persisted
+        self._dev_known = set()
+        self._dev_next_flush = 0.0
         conn = self.connect()
         self._setup(conn)
         self._writer_conn = conn
@@ -187,7 +189,10 @@ class Storage:
             self._write(conn, batch)
             if stop:
                 break
-        self._flush_devices(conn, everything=True)
+        try:
+            self._flush_devices(conn)
+        except Exception:  # noqa: BLE001  (closing: the readings themselves are committed)
+            logging.getLogger("ctmeter.serve").exception("saving device states failed")
 
     def _write(self, conn, batch):
         try:
@@ -207,42 +212,37 @@ class Storage:
 
     def _commit(self, conn, rows):
         flags = self._insert_batch(conn, rows)
-        now = time.monotonic()
         pending = self._dev_pending
+        urgent = False
         for row in rows:
             dev = row["device_id"]
             old = pending.get(dev)
             if old is None:
-                pending[dev] = [row["received_ms"], row["interval"], row, 0.0]
+                pending[dev] = [row["received_ms"], row["interval"], row]
+                urgent = urgent or dev not in self._dev_known
             else:
                 old[0] = max(old[0], row["received_ms"])
                 old[1] = row["interval"] or old[1]
-                if old[2] is None or row["ts_ms"] >= old[2]["ts_ms"]:
+                if row["ts_ms"] >= old[2]["ts_ms"]:
                     old[2] = row
-        self._flush_devices(conn, now=now, commit=False)
+        if urgent or time.monotonic() >= self._dev_next_flush:
+            self._flush_devices(conn, commit=False)
         conn.commit()
         return flags
 
-    def _flush_devices(self, conn, now=None, everything=False, commit=True):
-        """Persist the devices table (last seen, newest reading): at most every
-        DEVICE_PERSIST_S per device, so 1,000 meters do not cost an upsert per reading;
-        the running collector keeps the live state in memory."""
-        now = time.monotonic() if now is None else now
-        params = []
-        for dev, entry in self._dev_pending.items():
-            seen, interval, row, written = entry
-            if row is not None and (everything or now - written >= DEVICE_PERSIST_S):
-                params.append((dev, seen, interval, row["ts_ms"], json.dumps(to_json(row))))
-                entry[2], entry[3] = None, now
-        self._dev_pending = {d: e for d, e in self._dev_pending.items()
-                             if e[2] is not None or now - e[3] < DEVICE_PERSIST_S}
+    def _flush_devices(self, conn, commit=True):
+        """Persist the devices table (last seen, newest reading) for a new device at once,
+        otherwise every DEVICE_PERSIST_S: 1,000 meters do not cost an upsert per reading,
+        and the running collector keeps the live state in memory anyway."""
+        params = [(dev, seen, interval, row["ts_ms"], json.dumps(to_json(row)))
+                  for dev, (seen, interval, row) in self._dev_pending.items()]
+        self._dev_known.update(self._dev_pending)
+        self._dev_pending = {}
+        self._dev_next_flush = time.monotonic() + DEVICE_PERSIST_S
         if params:
             conn.cursor().executemany(self.sql(_UPSERT_DEVICE), params)
         if commit:
-            try:
-                conn.commit()
-            except Exception:  # noqa: BLE001  (closing: nothing more to do)
-                pass
+            conn.commit()
 
     def _rollback(self, conn):
         try:
