@@ -19,7 +19,14 @@ import time
 import urllib.request
 from urllib.parse import urlparse
 
+from ctmeter.serve.validate import to_json
+
 log = logging.getLogger("ctmeter.serve")
+
+
+def _reading(last):
+    """The newest reading in the API's form (kept as a storage row until someone asks)."""
+    return to_json(last) if last is not None and "device_id" in last else last
 
 
 class Monitor:
@@ -143,7 +150,7 @@ class Monitor:
             items = sorted(self._seen.items())
         return [
             {"deviceId": dev, "status": "ONLINE" if e[2] and now - e[0] <= self._limit(e[1])
-             else "OFFLINE", "lastSeen": e[0], "interval": e[1], "last": e[3]}
+             else "OFFLINE", "lastSeen": e[0], "interval": e[1], "last": _reading(e[3])}
             for dev, e in items
         ]
 

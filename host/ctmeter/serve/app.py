@@ -188,13 +188,13 @@ class Collector:
     # -- ingest (shared by HTTP and MQTT) ------------------------------------------------
     def _after_store(self, rows, flags, now):
         new = []
+        live = self.hub.clients
         for row, stored in zip(rows, flags, strict=True):
-            last = None
             if stored:
                 new.append(row)
-                last = to_json(row)
-                self.hub.publish("reading", last)
-            self.monitor.seen(row["device_id"], row["interval"], now, last)
+                if live:
+                    self.hub.publish("reading", to_json(row))
+            self.monitor.seen(row["device_id"], row["interval"], now, row if stored else None)
         self.stats["accepted"] += len(new)
         self.stats["duplicates"] += len(rows) - len(new)
         if new:
@@ -226,7 +226,7 @@ class Collector:
             d = _digest(auth[7:].strip())
             if self._admin is not None and hmac.compare_digest(d, self._admin):
                 return "admin"
-            return self._device_by_token.get(d)
+            return self._device_by_token.get(d)  # keyed by digest: no timing hint on tokens
         cookie = req.headers.get("cookie", "")
         for part in cookie.split(";"):
             name, _, value = part.strip().partition("=")
