@@ -400,7 +400,7 @@ def reset_and_wait(transport, port: str, wait=True, timeout=30.0, secrets=()):
 
 
 def deploy(board, port: str, config: dict | None = None, wait=True, timeout=30.0,
-           progress=None, files: dict | None = None) -> DeployResult:
+           progress=None, files: dict | None = None, connect_timeout=10.0) -> DeployResult:
     """Build (unless `files` given), connect, sync, write config, reset, wait for the boot line.
 
     `progress(stage, done, total, name)` is called with stage "compile" or "copy".
@@ -413,7 +413,7 @@ def deploy(board, port: str, config: dict | None = None, wait=True, timeout=30.0
     if config is not None:
         for f in config_files(config):
             files[f.dest] = f
-    with tp.connect(port) as transport:
+    with tp.connect(port, timeout=connect_timeout) as transport:
         result = sync_files(transport, files, progress)
         result.boot = reset_and_wait(transport, port, wait, timeout, secrets_of(config))
     return result

@@ -100,7 +100,8 @@ def connect(port: str, soft_reset: bool = True, timeout: float = 10):
     if not port:
         raise PortError("no port given", "pass --port, e.g. --port /dev/ttyUSB0")
     try:
-        transport = SerialTransport(port, baudrate=115200)
+        # a read timeout, or mpremote blocks for ever on a pty that never answers
+        transport = SerialTransport(port, baudrate=115200, timeout=1)
     except TransportError as exc:
         raise _why_not(port) from exc
     except (serial.SerialException, OSError) as exc:
