@@ -278,9 +278,9 @@ def _markdown(r):
         f"{r['seconds']:g} s after a 2 s warm-up; saturation: every device back to back. "
         f"Target: ≥ {r['target_rate']} readings/s with p99 < {r['target_p99_ms']:g} ms. "
         f"Machine: {r['cpus']} CPUs shared by client and server, Python {r['python']}, "
-        f"{r['date']}; 1-minute load average {r['loadavg_1min_before']} before and "
-        f"{r['loadavg_1min_after']} after the run (other work on the machine competes for the "
-        f"same cores).",
+        f"{r['date']}; 1-minute load average {r.get('loadavg_1min_before', '?')} before and "
+        f"{r.get('loadavg_1min_after', '?')} after the run (other work on the machine competes "
+        f"for the same cores).",
         "",
         "| backend | paced readings/s | p50 ms | p99 ms | max ms | late | errors "
         "| saturation readings/s | saturation p99 ms | stored = posted | target met |",
