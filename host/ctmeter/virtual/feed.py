@@ -50,14 +50,20 @@ class SensorFeed:
 
     def stop(self):
         self._stop.set()
-        # unblock a thread waiting in open(): open the other ends briefly
-        for path, mode in ((self.req_path, os.O_WRONLY), (self.resp_path, os.O_RDONLY)):
-            try:
-                fd = os.open(path, mode | os.O_NONBLOCK)
-                os.close(fd)
-            except OSError:
-                pass
+        # Unblock a thread waiting in open(): open the other ends and keep them open until it
+        # has left (closing the response reader at once would leave it blocked again).
+        held = []
+        try:
+            held.append(os.open(self.resp_path, os.O_RDONLY | os.O_NONBLOCK))
+        except OSError:
+            pass
+        try:
+            held.append(os.open(self.req_path, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:
+            pass  # no reader waiting on the request FIFO
         self._thread.join(timeout=5)
+        for fd in held:
+            os.close(fd)
 
     def duty(self):
         """Fraction of the simulated time span covered by served frames."""
