@@ -54,6 +54,8 @@ _TYPES = {
     "ts_ms": "BIGINT NOT NULL", "received_ms": "BIGINT NOT NULL", "energy_mwh": "BIGINT",
     "source": "TEXT",
 }
+_PG_ARRAY = {c: {"device_id": "text", "source": "text", "channel": "int"}.get(
+    c, "bigint" if _TYPES.get(c, "").startswith("BIGINT") else "float8") for c in DB_COLS}
 _READINGS_DDL = "CREATE TABLE IF NOT EXISTS readings ({})".format(
     ", ".join(f"{c} {_TYPES.get(c, 'DOUBLE PRECISION')}" for c in DB_COLS)
 )
@@ -448,6 +450,10 @@ class PostgresStorage(Storage):
         self._psycopg = psycopg
         self.url = url
         self.hypertable = False
+        self._unnest_sql = (
+            f"INSERT INTO readings ({', '.join(DB_COLS)}) SELECT * FROM unnest("
+            + ", ".join(f"%s::{_PG_ARRAY[c]}[]" for c in DB_COLS)
+            + ") ON CONFLICT DO NOTHING RETURNING device_id, seq")
         super().__init__()
 
     def connect(self):
@@ -502,14 +508,25 @@ class PostgresStorage(Storage):
             return False
 
     def _insert_batch(self, conn, rows):
+        # One statement for the whole batch: the columns travel as arrays and unnest() turns
+        # them back into rows. RETURNING names the rows that went in; a row whose (device,
+        # seq) is not among them, or was already claimed earlier in this batch, is a duplicate.
+        columns = [list(c) for c in zip(*(_db_row(r) for r in rows), strict=True)]
         cur = conn.cursor()
-        text = self.sql(_INSERT) + " ON CONFLICT DO NOTHING RETURNING 1"
-        cur.executemany(text, [_db_row(r) for r in rows], returning=True)
+        cur.execute(self._unnest_sql, columns)
+        inserted = {}
+        for dev, seq in cur.fetchall():
+            inserted[(dev, seq)] = inserted.get((dev, seq), 0) + 1
         flags = []
-        while True:
-            flags.append(cur.fetchone() is not None)
-            if not cur.nextset():
-                break
+        for row in rows:
+            key = (row["device_id"], row["seq"])
+            if row["seq"] is None:
+                flags.append(True)  # no seq (the seeds' body): never a duplicate
+            elif inserted.get(key):
+                inserted[key] -= 1
+                flags.append(True)
+            else:
+                flags.append(False)
         return flags
 
     def add_alert(self, device_id, kind, message, value, created_ms):
