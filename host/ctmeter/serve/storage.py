@@ -16,6 +16,7 @@ Reads use one connection per thread.
 """
 
 import concurrent.futures
+import itertools
 import json
 import logging
 import queue
@@ -46,6 +47,7 @@ ROW_KEYS = [k for k, _ in COLUMNS]
 DB_COLS = [c for _, c in COLUMNS]
 MAX_BATCH = 2000
 DEVICE_PERSIST_S = 5.0
+DEVICE_FLUSH_CHUNK = 50
 GROUP_WINDOW_S = 0.005  # added latency bound that buys bigger commits under load
 ENERGY_LOOKBACK_MS = 2 * 86400 * 1000  # a reading this far before a range is its baseline
 
@@ -115,6 +117,7 @@ class Storage:
     """Common code; subclasses give connect(), the DDL and the insert of one batch."""
 
     placeholder = "?"
+    group_window_s = GROUP_WINDOW_S
 
     def __init__(self):
         self._local = threading.local()
@@ -176,8 +179,8 @@ class Storage:
             batch = [item]
             count = len(item[0])
             stop = False
-            if GROUP_WINDOW_S and self._queue.empty():
-                time.sleep(GROUP_WINDOW_S)  # let a few more requests join this commit
+            if self.group_window_s and self._queue.empty():
+                time.sleep(self.group_window_s)  # let a few more requests join this commit
             while count < MAX_BATCH:
                 try:
                     nxt = self._queue.get_nowait()
@@ -227,20 +230,25 @@ class Storage:
                 old[1] = row["interval"] or old[1]
                 if row["ts_ms"] >= old[2]["ts_ms"]:
                     old[2] = row
-        if urgent or time.monotonic() >= self._dev_next_flush:
-            self._flush_devices(conn, commit=False)
+        if pending and (urgent or time.monotonic() >= self._dev_next_flush):
+            self._flush_devices(conn, limit=DEVICE_FLUSH_CHUNK, commit=False)
         conn.commit()
         return flags
 
-    def _flush_devices(self, conn, commit=True):
+    def _flush_devices(self, conn, limit=None, commit=True):
         """Persist the devices table (last seen, newest reading) for a new device at once,
         otherwise every DEVICE_PERSIST_S: 1,000 meters do not cost an upsert per reading,
-        and the running collector keeps the live state in memory anyway."""
+        and the running collector keeps the live state in memory anyway. At most `limit`
+        devices per commit, so saving 1,000 of them never stalls the readings' commits."""
+        pending = self._dev_pending
+        items = list(itertools.islice(pending.items(), limit))
         params = [(dev, seen, interval, row["ts_ms"], json.dumps(to_json(row)))
-                  for dev, (seen, interval, row) in self._dev_pending.items()]
-        self._dev_known.update(self._dev_pending)
-        self._dev_pending = {}
-        self._dev_next_flush = time.monotonic() + DEVICE_PERSIST_S
+                  for dev, (seen, interval, row) in items]
+        for dev, _ in items:
+            del pending[dev]
+            self._dev_known.add(dev)
+        if not pending:
+            self._dev_next_flush = time.monotonic() + DEVICE_PERSIST_S
         if params:
             conn.cursor().executemany(self.sql(_UPSERT_DEVICE), params)
         if commit:
@@ -443,6 +451,7 @@ class SQLiteStorage(Storage):
 class PostgresStorage(Storage):
     kind = "postgresql"
     placeholder = "%s"
+    group_window_s = 0.0  # the commit's own WAL flush already gathers the next batch
 
     def __init__(self, url):
         import psycopg  # only needed for PostgreSQL
