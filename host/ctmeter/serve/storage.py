@@ -9,9 +9,10 @@
     store.devices(); store.add_alert(...); store.alerts(...); store.update_alert(...)
     store.close()
 
-Every write goes through one writer thread that takes whatever is queued and commits it as one
-transaction (group commit): many devices posting at once cost one commit, and a 2xx is only
-answered after the commit. Duplicates on (deviceId, seq) are ignored by a unique index.
+Every write goes through a writer thread (one for SQLite; two for PostgreSQL, so one batch is
+written while the other waits for its WAL flush) that takes whatever is queued and commits it
+as one transaction (group commit): many devices posting at once cost one commit, and a 2xx is
+only answered after the commit. Duplicates on (deviceId, seq) are ignored by a unique index.
 Reads use one connection per thread.
 """
 
@@ -118,6 +119,7 @@ class Storage:
 
     placeholder = "?"
     group_window_s = GROUP_WINDOW_S
+    writers = 1  # SQLite has one writer at a time anyway
 
     def __init__(self):
         self._local = threading.local()
@@ -128,12 +130,17 @@ class Storage:
         self._dev_pending = {}  # device -> [seen_ms, interval, newest row] not yet persisted
         self._dev_known = set()
         self._dev_next_flush = 0.0
+        self._dev_lock = threading.Lock()
         conn = self.connect()
         self._setup(conn)
-        self._writer_conn = conn
-        self._writer = threading.Thread(target=self._write_loop, name="ctmeter-writer",
-                                         daemon=True)
-        self._writer.start()
+        self._writer_conns = [conn] + [self.connect() for _ in range(self.writers - 1)]
+        self._writers = [
+            threading.Thread(target=self._write_loop, args=(c,), name=f"ctmeter-writer-{i}",
+                             daemon=True)
+            for i, c in enumerate(self._writer_conns)
+        ]
+        for t in self._writers:
+            t.start()
 
     # -- dialect hooks -------------------------------------------------------------
     def connect(self):
@@ -170,8 +177,7 @@ class Storage:
     def insert(self, rows, timeout=30):
         return self.submit(rows).result(timeout)
 
-    def _write_loop(self):
-        conn = self._writer_conn
+    def _write_loop(self, conn):
         while True:
             item = self._queue.get()
             if item is None:
@@ -194,10 +200,6 @@ class Storage:
             self._write(conn, batch)
             if stop:
                 break
-        try:
-            self._flush_devices(conn)
-        except Exception:  # noqa: BLE001  (closing: the readings themselves are committed)
-            logging.getLogger("ctmeter.serve").exception("saving device states failed")
 
     def _write(self, conn, batch):
         try:
@@ -217,6 +219,14 @@ class Storage:
 
     def _commit(self, conn, rows):
         flags = self._insert_batch(conn, rows)
+        with self._dev_lock:
+            flush = self._note_devices(rows)
+        if flush:
+            self._flush_devices(conn, limit=DEVICE_FLUSH_CHUNK, commit=False)
+        conn.commit()
+        return flags
+
+    def _note_devices(self, rows):
         pending = self._dev_pending
         urgent = False
         for row in rows:
@@ -230,25 +240,23 @@ class Storage:
                 old[1] = row["interval"] or old[1]
                 if row["ts_ms"] >= old[2]["ts_ms"]:
                     old[2] = row
-        if pending and (urgent or time.monotonic() >= self._dev_next_flush):
-            self._flush_devices(conn, limit=DEVICE_FLUSH_CHUNK, commit=False)
-        conn.commit()
-        return flags
+        return bool(pending) and (urgent or time.monotonic() >= self._dev_next_flush)
 
     def _flush_devices(self, conn, limit=None, commit=True):
         """Persist the devices table (last seen, newest reading) for a new device at once,
         otherwise every DEVICE_PERSIST_S: 1,000 meters do not cost an upsert per reading,
         and the running collector keeps the live state in memory anyway. At most `limit`
         devices per commit, so saving 1,000 of them never stalls the readings' commits."""
-        pending = self._dev_pending
-        items = list(itertools.islice(pending.items(), limit))
+        with self._dev_lock:
+            pending = self._dev_pending
+            items = list(itertools.islice(pending.items(), limit))
+            for dev, _ in items:
+                del pending[dev]
+                self._dev_known.add(dev)
+            if not pending:
+                self._dev_next_flush = time.monotonic() + DEVICE_PERSIST_S
         params = [(dev, seen, interval, row["ts_ms"], json.dumps(to_json(row)))
                   for dev, (seen, interval, row) in items]
-        for dev, _ in items:
-            del pending[dev]
-            self._dev_known.add(dev)
-        if not pending:
-            self._dev_next_flush = time.monotonic() + DEVICE_PERSIST_S
         if params:
             conn.cursor().executemany(self.sql(_UPSERT_DEVICE), params)
         if commit:
@@ -385,10 +393,16 @@ class Storage:
         if self._closed:
             return
         self._closed = True
-        self._queue.put(None)
-        self._writer.join(30)
+        for _ in self._writers:
+            self._queue.put(None)
+        for t in self._writers:
+            t.join(30)
+        try:
+            self._flush_devices(self._writer_conns[0])
+        except Exception:  # noqa: BLE001  (closing: the readings themselves are committed)
+            logging.getLogger("ctmeter.serve").exception("saving device states failed")
         with self._lock:
-            conns, self._conns = self._conns + [self._writer_conn], []
+            conns, self._conns = self._conns + self._writer_conns, []
         for conn in conns:
             try:
                 conn.close()
@@ -452,6 +466,7 @@ class PostgresStorage(Storage):
     kind = "postgresql"
     placeholder = "%s"
     group_window_s = 0.0  # the commit's own WAL flush already gathers the next batch
+    writers = 2  # one batch is written while the other waits for its WAL flush
 
     def __init__(self, url):
         import psycopg  # only needed for PostgreSQL
