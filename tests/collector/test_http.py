@@ -183,3 +183,21 @@ def test_device_state_survives_a_restart(collector):
     second = collector()
     (dev,) = Client(second.url).get("/api/status")[1]["devices"]
     assert dev["deviceId"] == "m1" and dev["last"]["seq"] == 3 and dev["status"] == "ONLINE"
+
+
+def test_expect_continue_is_answered_before_the_body(collector):
+    import socket
+
+    col = collector()
+    data = json.dumps(body(seq=9)).encode()
+    head = (f"POST /api/measurements HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+            f"Authorization: Bearer {TOKENS['m1']}\r\nExpect: 100-continue\r\n"
+            f"Content-Length: {len(data)}\r\n\r\n").encode()
+    with socket.create_connection(("127.0.0.1", col.port), timeout=5) as s:
+        s.sendall(head)  # like curl for bodies over 1 KiB: wait for the go-ahead
+        assert s.recv(100) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        s.sendall(data)
+        answer = b""
+        while chunk := s.recv(4096):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 201 ")

@@ -197,6 +197,8 @@ class _Connection(asyncio.Protocol):
             return self._fail(413, f"body larger than {self.max_body} bytes")
         start = end + 4
         if len(buf) < start + length:
+            if headers.get("expect", "").lower() == "100-continue" and len(buf) == start:
+                self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # curl waits for it
             self.deadline = self.loop.time() + BODY_S
             return
         body = bytes(buf[start:start + length])
