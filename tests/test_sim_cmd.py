@@ -21,3 +21,6 @@ def test_sim_runs_the_whole_chain(tmp_path):
     assert seqs == sorted(seqs)
     assert (tmp_path / "sim" / "ctmeter.db").exists()
     assert (tmp_path / "sim" / "flash" / "config.json").exists()
+    token = (tmp_path / "sim" / "admin-token").read_text().strip()
+    assert token and token not in out + proc.stderr  # secrets never printed
+    assert (tmp_path / "sim" / "admin-token").stat().st_mode & 0o077 == 0

@@ -82,7 +82,12 @@ def run(args):
     print(f"ctmeter sim: virtual board on {board.port} (try: mpremote connect {board.port}, "
           f"or ctmeter console --port {board.port})", flush=True)
     if collector:
-        print(f"ctmeter sim: dashboard {collector.dashboard_url} admin token {admin}",
+        # the token is a secret: written to a file only the user can read, never printed
+        token_file = work / "admin-token"
+        token_file.touch(mode=0o600)
+        token_file.chmod(0o600)
+        token_file.write_text(admin + "\n")
+        print(f"ctmeter sim: dashboard {collector.dashboard_url} (admin token in {token_file})",
               flush=True)
     print("ctmeter sim: Ctrl-C stops", flush=True)
     seen = set()

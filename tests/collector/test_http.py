@@ -201,3 +201,24 @@ def test_expect_continue_is_answered_before_the_body(collector):
         while chunk := s.recv(4096):
             answer += chunk
     assert answer.startswith(b"HTTP/1.1 201 ")
+
+
+def test_a_json_array_from_a_multichannel_meter_is_stored_all_or_nothing(collector):
+    c = Client(collector().url)
+    now = time.time()
+    batch = [dict(body(seq=100 + ch, ts=now), channel=ch + 1) for ch in range(3)]
+    assert c.post("/api/measurements", batch, TOKENS["m1"]) == (
+        201, {"stored": 3, "duplicates": 0})
+    # the same batch again (a retry after a lost answer): all duplicates, nothing stored twice
+    assert c.post("/api/measurements", batch, TOKENS["m1"]) == (
+        200, {"stored": 0, "duplicates": 3})
+    # one bad reading refuses the whole batch; the good one beside it is not stored
+    bad = [body(seq=200, ts=now), dict(body(seq=201, ts=now), current="x")]
+    assert c.post("/api/measurements", bad, TOKENS["m1"])[0] == 422
+    # a batch may not carry another device's readings, nor be empty or oversized
+    mixed = [body(seq=300, ts=now), body(dev="m2", seq=300, ts=now)]
+    assert c.post("/api/measurements", mixed, TOKENS["m1"])[0] == 403
+    assert c.post("/api/measurements", [], TOKENS["m1"])[0] == 422
+    seqs = [r["seq"] for r in c.get("/api/measurements?deviceId=m1&limit=100", ADMIN)[1]
+            ["measurements"]]
+    assert sorted(seqs) == [100, 101, 102]

@@ -37,6 +37,7 @@ log = logging.getLogger("ctmeter.serve")
 INGEST_PATHS = ("/api/measurements", "/api/data", "/api/energy/add")
 STATIC = Path(__file__).with_name("static")
 COOKIE = "ctmeter_session"
+MAX_BATCH = 32  # readings per POSTed JSON array
 STORED = b'{"stored":true,"duplicate":false}'
 DUPLICATE = b'{"stored":false,"duplicate":true}'
 MAX_LIMIT = 100000
@@ -265,21 +266,42 @@ class Collector:
         now = time.time()
         try:
             obj = json.loads(req.body)
-            row = parse_reading(obj, now)
+            # A meter with several channels posts one JSON array per interval (the firmware's
+            # HttpPoster.post_batch): all-or-nothing, validated whole before anything is queued.
+            if isinstance(obj, list):
+                if not 1 <= len(obj) <= MAX_BATCH:
+                    raise InvalidReading(f"a batch holds 1 to {MAX_BATCH} readings")
+                rows = [parse_reading(o, now) for o in obj]
+            else:
+                rows = [parse_reading(obj, now)]
         except (ValueError, RecursionError) as exc:
             self.stats["rejected"] += 1
             msg = str(exc) if isinstance(exc, InvalidReading) else "body is not valid JSON"
             return error(422 if isinstance(exc, InvalidReading) else 400, msg)
-        if who != "admin" and who != row["device_id"]:
+        if who != "admin" and any(who != row["device_id"] for row in rows):
             self.stats["rejected"] += 1
             return error(403, "this token may only post for its own deviceId")
         # Rows arriving in the same loop turn go to the writer as one batch and come back
         # with one cross-thread wake-up; each request's answer is a future resolved then.
-        fut = self.loop.create_future()
-        self._pending.append((row, now, fut))
-        if len(self._pending) == 1:
+        futs = []
+        for row in rows:
+            fut = self.loop.create_future()
+            self._pending.append((row, now, fut))
+            futs.append(fut)
+        if len(self._pending) == len(rows):
             self.loop.call_soon(self._flush)
-        return fut
+        if len(futs) == 1:
+            return futs[0]
+        return self._batch_answer(futs)
+
+    async def _batch_answer(self, futs):
+        answers = await asyncio.gather(*futs)
+        failed = [a for a in answers if a.status >= 300]
+        if failed:
+            return failed[0]  # 503: the client keeps the whole batch and retries it
+        stored = sum(1 for a in answers if a.status == 201)
+        return json_response(201 if stored else 200,
+                             {"stored": stored, "duplicates": len(answers) - stored})
 
     def _flush(self):
         batch, self._pending = self._pending, []
