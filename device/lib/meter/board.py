@@ -45,6 +45,33 @@ def ticks_diff(a, b):
     return d
 
 
+class BoardBase:
+    """What every board does the same way: heap figures, the stdin console, wrapping ticks."""
+
+    ticks_diff = staticmethod(ticks_diff)
+    _stdin = None
+
+    def mem_free(self):
+        import gc
+
+        return gc.mem_free()
+
+    def mem_alloc(self):
+        import gc
+
+        return gc.mem_alloc()
+
+    def console_source(self):
+        if self._stdin is None:
+            from meter.stdin_source import StdinSource
+
+            self._stdin = StdinSource()
+        return self._stdin
+
+    def after_window(self):
+        pass
+
+
 def make_board(channel_pins, voltage_pin=None, atten_db=11, sample_rate_hz=4000):
     """The board for this platform, with its ADC set up for the given pins."""
     if sys.platform == "esp32":

@@ -8,21 +8,18 @@ checks against the board file; ADC2 reads fail or read 0 while Wi-Fi is on).
 """
 
 import array
-import gc
-import os
 import time
 
 import machine
 
-from meter.board import ticks_diff as _ticks_diff
+from meter.board import BoardBase
 from meter.paced import paced_read
-from meter.stdin_source import StdinSource
 
 # MicroPython's epoch on the ESP32 port (time.gmtime(0)); 1970 on newer builds.
 _EPOCH_OFFSET = 946684800 if time.gmtime(0)[0] == 2000 else 0
 
 
-class Esp32Board:
+class Esp32Board(BoardBase):
     root = "/"
     platform = "esp32"
 
@@ -40,7 +37,6 @@ class Esp32Board:
         self._late_max = 0
         self._wdt = None
         self._wlan = None
-        self._stdin = None
 
     # sampling
     def read_frames(self, buf, start, n):
@@ -52,17 +48,12 @@ class Esp32Board:
         late, self._late_max = self._late_max, 0
         return 1000000 / self._params[1], late
 
-    def after_window(self):
-        pass
-
     # clock
     def ticks_ms(self):
         return time.ticks_ms()
 
     def ticks_us(self):
         return time.ticks_us()
-
-    ticks_diff = staticmethod(_ticks_diff)
 
     def unix_time(self):
         return time.time() + _EPOCH_OFFSET
@@ -108,19 +99,5 @@ class Esp32Board:
             return None
 
     # system
-    def mem_free(self):
-        return gc.mem_free()
-
-    def mem_alloc(self):
-        return gc.mem_alloc()
-
-    def console_source(self):
-        if self._stdin is None:
-            self._stdin = StdinSource()
-        return self._stdin
-
     def reset(self):
         machine.reset()
-
-    def listdir(self):
-        return os.listdir(self.root)

@@ -20,7 +20,6 @@ would on a chip. Ticks wrap every 2**30 µs like the chip's, and start one minut
 wrap so wrap handling is exercised in every run.
 """
 
-import gc
 import os
 import struct
 import sys
@@ -31,8 +30,7 @@ try:
 except ImportError:
     from meter.cpython_shims import micropython, ptr8  # noqa: F401
 
-from meter.board import ticks_diff as _ticks_diff
-from meter.stdin_source import StdinSource
+from meter.board import BoardBase
 
 _MASK = (1 << 30) - 1
 _TICKS_START_US = (1 << 30) - 60000000
@@ -50,7 +48,7 @@ def _copy(dst: ptr8, offset: int, src: ptr8, n: int):
         dst[offset + i] = src[i]
 
 
-class UnixBoard:
+class UnixBoard(BoardBase):
     root = "."
     platform = "unix"
 
@@ -76,7 +74,6 @@ class UnixBoard:
         self._late_max_us = 0
         self._wdt_timeout_ns = 0
         self._wdt_last_ns = 0
-        self._stdin = None
 
     # clock
     def _now_ns(self):
@@ -92,8 +89,6 @@ class UnixBoard:
 
     def ticks_ms(self):
         return (self._now_ns() // 1000000) & _MASK
-
-    ticks_diff = staticmethod(_ticks_diff)
 
     def unix_time(self):
         return self._epoch_s + self._now_ns() // 1000000000
@@ -172,16 +167,5 @@ class UnixBoard:
         return None
 
     # system
-    def mem_free(self):
-        return gc.mem_free()
-
-    def mem_alloc(self):
-        return gc.mem_alloc()
-
-    def console_source(self):
-        if self._stdin is None:
-            self._stdin = StdinSource()
-        return self._stdin
-
     def reset(self):
         sys.exit(RESET_EXIT_CODE)
