@@ -12,7 +12,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import serial
-
 from ctmeter.model import Channel, Frontend, Inductive, Mains, Resistive, Stream
 from ctmeter.virtual.meter import start_virtual_meter
 

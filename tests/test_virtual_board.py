@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from ctmeter.virtual.supervisor import HARD_RESET, VirtualBoard
 
 MPREMOTE = str(Path(sys.executable).with_name("mpremote"))

@@ -1,4 +1,4 @@
 # SPDX-License-Identifier: MIT
-"""ctmeter: the CPython toolkit for the ctmeter energy meter (flash, deploy, console, sim, serve...)."""
+"""ctmeter: the CPython toolkit for the ctmeter energy meter (flash, deploy, sim, serve...)."""
 
 __version__ = "0.1.0"

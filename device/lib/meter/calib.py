@@ -10,8 +10,8 @@
 apply() maps an RMS value in physical units (A for a current channel, V for a voltage
 channel) computed with the nominal scale, to the corrected value:
   1. table: [[measured, true], ...] with measured strictly increasing (at least 2 points),
-     (by at least MIN_STEP), linear interpolation, extended beyond both ends along the end segments (an empty table
-     is the identity);
+     (by at least MIN_STEP), linear interpolation, extended beyond both ends along the
+     end segments (an empty table is the identity);
   2. gain * x + offset;
   3. results below noise_floor read 0 (negative results too).
 phase_deg is the angle by which this channel's measured current leads the true current

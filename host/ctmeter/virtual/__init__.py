@@ -1,2 +1,2 @@
 # SPDX-License-Identifier: MIT
-"""The virtual board: the unmodified firmware on the MicroPython unix port, fed by the sensor model."""
+"""The virtual board: the unmodified firmware on the MicroPython unix port, fed by the model."""
