@@ -41,7 +41,11 @@ CASES = [
     ("not json", lambda i: post("/api/measurements", b"{deviceId: m1", TOKENS["m1"])),
     ("not utf-8", lambda i: post("/api/measurements", bytes([0xff, 0xfe, i % 256]),
                                  TOKENS["m1"])),
-    ("array", lambda i: post("/api/measurements", b"[" + GOOD + b"]", TOKENS["m1"])),
+    # arrays are accepted all-or-nothing (multi-channel meters): one bad reading refuses all
+    ("array with a bad reading", lambda i: post(
+        "/api/measurements", b"[" + GOOD + b',{"deviceId":"m1","current":"x","voltage":1}]',
+        TOKENS["m1"])),
+    ("empty array", lambda i: post("/api/measurements", b"[]", TOKENS["m1"])),
     ("nested", lambda i: post("/api/measurements", b"[" * 2000 + b"]" * 2000, TOKENS["m1"])),
     ("wrong type", lambda i: post("/api/measurements", json.dumps(
         {"deviceId": "m1", "current": "1", "voltage": 230}).encode(), TOKENS["m1"])),
