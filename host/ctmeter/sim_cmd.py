@@ -79,8 +79,8 @@ def run(args):
                              "url": f"{collector.url}/api/measurements"}
     board = start_virtual_meter(flash, _stream(args.seed), overrides, clock=args.clock,
                                 epoch=time.time())
-    print(f"ctmeter sim: virtual board on {board.port} (try: mpremote connect {board.port}, "
-          f"or ctmeter console --port {board.port})", flush=True)
+    print(f"ctmeter sim: virtual board on {board.port} (try: mpremote connect {board.port})",
+          flush=True)
     if collector:
         # the token is a secret: written to a file only the user can read, never printed
         token_file = work / "admin-token"
@@ -109,7 +109,8 @@ def run(args):
                 print(f"reading seq={r.get('seq')} ch{r.get('channel')} "
                       f"{r.get('current', 0):.3f} A {r.get('power', 0):.1f} W "
                       f"pf {r.get('powerFactor', 0):.2f} {r.get('voltage', 0):.1f} V "
-                      f"{r.get('frequency', 0):.2f} Hz total {r.get('energyKwh', 0)} kWh",
+                      f"{r.get('frequency', 0):.2f} Hz "
+                      f"total {float(r.get('energyKwh') or 0):.6f} kWh",
                       flush=True)
     except KeyboardInterrupt:
         print("ctmeter sim: stopping", file=sys.stderr)
