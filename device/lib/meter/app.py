@@ -34,11 +34,12 @@ from meter.config import Config, ConfigError
 from meter.console import Console
 from meter.energy import EnergyCounter, EnergyError
 from meter.flashfs import FlashFS
-from meter.metering import MeterError, WindowAccumulator, rms_counts
+from meter.metering import MeterError, WindowAccumulator
 from meter.outbox import Outbox, OutboxError
 from meter.persist import CounterStore, PersistError
 
 VERSION = "0.1.0"
+_MPY = sys.implementation.name == "micropython"
 BOOT_PREFIX = "ctmeter-boot "
 _BUF_BYTES = 8192  # the window buffer: 10 cycles at 4 kHz of 5 inputs fit
 _CYCLES = 10  # mains cycles per window (fewer when fs * inputs would not fit the buffer)
@@ -48,7 +49,6 @@ _BACKOFF_MIN_MS = 2000
 _BACKOFF_MAX_MS = 300000
 _DRAIN_BATCHES = 4  # outbox batches per loop turn while draining (each costs a round trip)
 _BATCH = 8
-_CAL_WINDOWS = 25  # 5 s of 10-cycle windows at 50 Hz per calibration measurement
 # SCT-013-030 (30 A per volt) at 11 dB, 3.3 V over 4096 codes: the scale when the host
 # wrote none. Deploy computes the right one from sensor profile, burden and board.
 _DEFAULT_AMPS_PER_COUNT = 30.0 * 3.3 / 4096
@@ -79,6 +79,8 @@ class _Interval:
 
 
 class Meter:
+    VERSION = VERSION
+
     def __init__(self, board=None, fs=None):
         self.fs = fs or FlashFS("/" if sys.platform == "esp32" else ".")
         self.cfg = Config(self.fs)
@@ -139,11 +141,9 @@ class Meter:
                                inputs=self.nch, source=self.board.console_source(),
                                app_errors=(ConfigError, CalibrationError, EnergyError,
                                            MeterError, PersistError, OutboxError),
-                               secrets=self._secrets)
-        self._bind_console()
-        self._scope_req = None
-        self.scope_data = None
-        self._cal_req = None
+                               secrets=self._secrets, commands="meter.commands", context=self,
+                               drop=_MPY)
+        self.hook = None  # called after each window by commands that need live data
         self.last_raw = []
         self.uptime_ms = 0
         self.running = False
@@ -217,10 +217,10 @@ class Meter:
             n = self.buf_frames
         self.board.read_frames(self.buf, 0, n)
         self.acc.add(self.buf, 0, n)
-        if self._scope_req is not None:
-            self._scope_collect(n)
         self._duty_frames += n
         self._end_window()
+        if self.hook is not None:
+            self.hook(self, n)
         self.console.poll()
         self.board.wdt_feed()
 
@@ -228,8 +228,6 @@ class Meter:
         b = self.board
         acc = self.acc
         self.last_raw = [acc.raw_sums(c) for c in range(self.nch)]
-        if self._cal_req is not None:
-            self._cal_collect()
         results = acc.finish(self.fs_hz)
         now = b.ticks_us()
         dt_us = b.ticks_diff(now, self._window_end_us)
@@ -250,7 +248,7 @@ class Meter:
             self._make_readings()
         self._deliver(now_ms)
         if self.store.should_persist(now_ms):
-            self._persist(now_ms)
+            self.persist(now_ms)
 
     def _update_duty(self):
         now = self.board.ticks_us()
@@ -347,7 +345,7 @@ class Meter:
             out += [e.mwh, e.rem, e.export_mwh, e.export_rem]
         return out
 
-    def _persist(self, now_ms=None):
+    def persist(self, now_ms=None):
         try:
             self.store.save(self._energy_state(), now_ms)
         except PersistError as exc:
@@ -355,156 +353,7 @@ class Meter:
 
     def shutdown(self):
         """Clean stop: persist the counters (Ctrl-C, reboot, end of a test run)."""
-        self._persist(self.board.ticks_ms())
-
-    # ---------------------------------------------------------------- console
-    def _bind_console(self):
-        con = self.console
-        con.register("status", self._c_status)
-        con.register("read", self._c_read)
-        con.register("adc", self._c_adc)
-        con.register("scope", self._c_scope)
-        con.register("config get", self._c_config_get)
-        con.register("config set", self._c_config_set)
-        con.register("cal show", self._c_cal_show)
-        con.register("cal zero", self._c_cal_zero)
-        con.register("cal point", self._c_cal_point)
-        con.register("cal apply", self._c_cal_apply)
-        con.register("cal clear", self._c_cal_clear)
-        con.register("energy set", self._c_energy_set)
-        con.register("energy reset", self._c_energy_reset)
-        con.register("reboot", self._c_reboot)
-
-    def _c_status(self):
-        b = self.board
-        rate, late = b.sampling_stats()
-        return {
-            "version": VERSION, "device": self.cfg.data["device_id"],
-            "uptime_s": self.uptime_ms // 1000, "heap_free": b.mem_free(),
-            "heap_used": b.mem_alloc(),
-            "wifi": b.wifi_status(), "rssi": b.rssi(), "last_post": self.post_result,
-            "mqtt": self.mqtt_result,
-            "posts_ok": self.posts_ok, "posts_failed": self.posts_failed,
-            "outbox": self.outbox.status(), "duty": round(self.duty, 4),
-            "sample_rate_hz": rate, "jitter_us": late, "windows": self.windows,
-            "seq": self.store.seq, "boots": self.store.boots,
-            "energy_kwh": [reading.kwh_text(e.mwh) for e in self.energy],
-            "problems": self.problems[-5:],
-        }
-
-    def _result(self, r):
-        return {"irms": round(r.irms, 4), "power": round(r.power, 2),
-                "apparent": round(r.apparent, 2), "pf": round(r.pf, 4),
-                "voltage": round(r.voltage, 2), "frequency": round(r.frequency, 3)}
-
-    def _c_read(self):
-        # uptime_ms: time integrated so far (the energy covers exactly this span)
-        out = {"uptime_ms": self.uptime_ms}
-        for r in self.last:
-            if not r.is_voltage:
-                d = self._result(r)
-                d["energy_kwh"] = reading.kwh_text(self.energy[r.channel].mwh)
-                out["ch%d" % (r.channel + 1)] = d
-        return out
-
-    def _c_adc(self):
-        out = {}
-        for r in self.last:
-            # noise: RMS in codes of the window (with no load it is the ADC noise)
-            noise = self._raw_rms(r) / self.acc.scales[r.channel]
-            out["in%d" % r.channel] = {"min": r.min, "max": r.max, "mean": round(r.mean, 2),
-                                       "rms_codes": round(noise, 3), "clipped": r.clipped,
-                                       "voltage": r.is_voltage}
-        return out
-
-    def _raw_rms(self, r):
-        # the window's RMS before calibration (noise floor and gain not applied)
-        n, s, q = self.last_raw[r.channel][:3]
-        return self.acc.scales[r.channel] * rms_counts(n, s, q)
-
-    def _c_scope(self, ch, n):
-        # collected from the next bursts without stopping the meter
-        self._scope_req = (ch, n)
-        self.scope_data = array("H", bytes(2 * n))
-        self._scope_len = 0
-        while self._scope_len < n:
-            self.step()
-        data = self.scope_data
-        self.scope_data = None
-        return {"input": ch, "sample_rate_hz": self.fs_hz, "n": n,
-                "codes": list(data)}
-
-    def _scope_collect(self, n):
-        ch, want = self._scope_req
-        i = 0
-        while i < n and self._scope_len < want:
-            self.scope_data[self._scope_len] = self.buf[i * self.nch + ch]
-            self._scope_len += 1
-            i += 1
-        if self._scope_len >= want:
-            self._scope_req = None
-
-    def _c_config_get(self, key=None):
-        if key is None:
-            return self.cfg.redacted()
-        return {key: self.cfg.get(key)}
-
-    def _c_config_set(self, key, value):
-        self.cfg.set_text(key, value)
-        return {key: self.cfg.get(key), "applies": "after reboot"}
-
-    def _c_cal_show(self):
-        return {"ch%d" % (i + 1): c.to_dict() for i, c in enumerate(self.calibs)}
-
-    # Calibration: the device measures, the host fits (host/ctmeter/calibrate.py) and
-    # sends the result with `cal apply`. Measurements are of the *uncalibrated* Irms, over
-    # _CAL_WINDOWS windows while the meter keeps running.
-    def _measure_raw(self, ch):
-        self._cal_req = [ch, 0, 0.0, 0.0]  # channel, windows, sum of raw Irms^2, of noise^2
-        while self._cal_req[1] < _CAL_WINDOWS:
-            self.step()
-        _, n, i2, _ = self._cal_req
-        self._cal_req = None
-        return math.sqrt(i2 / n), n
-
-    def _cal_collect(self):
-        req = self._cal_req
-        n, s, q = self.last_raw[req[0]][:3]
-        raw = self.acc.scales[req[0]] * rms_counts(n, s, q)
-        req[1] += 1
-        req[2] += raw * raw
-
-    def _c_cal_zero(self, ch):
-        raw, n = self._measure_raw(ch)
-        return {"ch": ch, "raw_irms": raw, "windows": n,
-                "rms_codes": raw / self.acc.scales[ch]}
-
-    def _c_cal_point(self, ch, true_amps):
-        raw, n = self._measure_raw(ch)
-        return {"ch": ch, "raw_irms": raw, "true_amps": true_amps, "windows": n,
-                "ratio": true_amps / raw if raw > 0 else None}
-
-    def _c_cal_apply(self, ch, params):
-        cal = Calibration.from_dict(params)
-        self.calibs[ch] = cal
-        self.acc.calib[ch] = cal
-        self.cfg.set("channels.%d.calibration" % ch, cal.to_dict())
-        return {"ch%d" % (ch + 1): cal.to_dict()}
-
-    def _c_cal_clear(self, ch):
-        return self._c_cal_apply(ch, {})
-
-    def _c_energy_set(self, ch, mwh):
-        self.energy[ch] = EnergyCounter(mwh)
-        self._persist(self.board.ticks_ms())
-        return {"ch%d" % (ch + 1): reading.kwh_text(mwh)}
-
-    def _c_energy_reset(self, ch):
-        return self._c_energy_set(ch, 0)
-
-    def _c_reboot(self):
-        self.shutdown()
-        self.board.reset()
+        self.persist(self.board.ticks_ms())
 
 
 def main():

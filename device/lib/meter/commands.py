@@ -1,0 +1,167 @@
+# SPDX-License-Identifier: MIT
+"""The meter's console commands: one function per command, `cal zero` -> cal_zero(m, ch),
+called by the console (meter.console_cmds) with the Meter and the parsed arguments.
+Loaded when a line arrives and dropped after it, like the console's parser.
+
+Commands that need live data (scope, cal zero/point) keep the meter running: they set
+m.hook, a function called after every window, and call m.step() until it has what it
+needs. Calibration is split between device and host: the device measures the
+*uncalibrated* Irms over CAL_WINDOWS windows, the host fits (ctmeter calibrate, with
+meter.calib) and sends the result with `cal apply`.
+"""
+
+# ruff: noqa: UP031
+
+import math
+from array import array
+
+from meter import reading
+from meter.calib import Calibration
+from meter.energy import EnergyCounter
+from meter.metering import rms_counts
+
+CAL_WINDOWS = 25  # 5 s of 10-cycle windows at 50 Hz per calibration measurement
+
+
+def status(m):
+    b = m.board
+    rate, late = b.sampling_stats()
+    return {
+        "version": m.VERSION, "device": m.cfg.data["device_id"],
+        "uptime_s": m.uptime_ms // 1000, "heap_free": b.mem_free(),
+        "heap_used": b.mem_alloc(),
+        "wifi": b.wifi_status(), "rssi": b.rssi(), "last_post": m.post_result,
+        "mqtt": m.mqtt_result,
+        "posts_ok": m.posts_ok, "posts_failed": m.posts_failed,
+        "outbox": m.outbox.status(), "duty": round(m.duty, 4),
+        "sample_rate_hz": rate, "jitter_us": late, "windows": m.windows,
+        "seq": m.store.seq, "boots": m.store.boots,
+        "energy_kwh": [reading.kwh_text(e.mwh) for e in m.energy],
+        "problems": m.problems[-5:],
+    }
+
+
+def _result(r):
+    return {"irms": round(r.irms, 4), "power": round(r.power, 2),
+            "apparent": round(r.apparent, 2), "pf": round(r.pf, 4),
+            "voltage": round(r.voltage, 2), "frequency": round(r.frequency, 3)}
+
+
+def read(m):
+    # uptime_ms: time integrated so far (the energy covers exactly this span)
+    out = {"uptime_ms": m.uptime_ms}
+    for r in m.last:
+        if not r.is_voltage:
+            d = _result(r)
+            d["energy_kwh"] = reading.kwh_text(m.energy[r.channel].mwh)
+            out["ch%d" % (r.channel + 1)] = d
+    return out
+
+
+def _raw_rms(m, ch):
+    # the window's RMS in physical units before calibration (no noise floor, no gain)
+    n, s, q = m.last_raw[ch][:3]
+    return m.acc.scales[ch] * rms_counts(n, s, q)
+
+
+def adc(m):
+    out = {}
+    for r in m.last:
+        # noise: RMS in codes of the window (with no load it is the ADC noise)
+        noise = _raw_rms(m, r.channel) / m.acc.scales[r.channel]
+        out["in%d" % r.channel] = {"min": r.min, "max": r.max, "mean": round(r.mean, 2),
+                                   "rms_codes": round(noise, 3), "clipped": r.clipped,
+                                   "voltage": r.is_voltage}
+    return out
+
+
+def scope(m, ch, n):
+    # collected from the next windows without stopping the meter
+    data = array("H", bytes(2 * n))
+    got = [0]
+
+    def collect(m, frames):
+        i = 0
+        k = got[0]
+        while i < frames and k < n:
+            data[k] = m.buf[i * m.nch + ch]
+            k += 1
+            i += 1
+        got[0] = k
+
+    _run(m, collect, lambda: got[0] >= n)
+    return {"input": ch, "sample_rate_hz": m.fs_hz, "n": n, "codes": list(data)}
+
+
+def _run(m, hook, done):
+    m.hook = hook
+    try:
+        while not done():
+            m.step()
+    finally:
+        m.hook = None
+
+
+def config_get(m, key=None):
+    if key is None:
+        return m.cfg.redacted()
+    return {key: m.cfg.get(key)}
+
+
+def config_set(m, key, value):
+    m.cfg.set_text(key, value)
+    return {key: m.cfg.get(key), "applies": "after reboot"}
+
+
+def cal_show(m):
+    return {"ch%d" % (i + 1): c.to_dict() for i, c in enumerate(m.calibs)}
+
+
+def _measure_raw(m, ch):
+    acc = [0, 0.0]  # windows, sum of raw Irms^2
+
+    def collect(m, frames):
+        raw = _raw_rms(m, ch)
+        acc[0] += 1
+        acc[1] += raw * raw
+
+    _run(m, collect, lambda: acc[0] >= CAL_WINDOWS)
+    return math.sqrt(acc[1] / acc[0]), acc[0]
+
+
+def cal_zero(m, ch):
+    raw, n = _measure_raw(m, ch)
+    return {"ch": ch, "raw_irms": raw, "windows": n, "rms_codes": raw / m.acc.scales[ch]}
+
+
+def cal_point(m, ch, true_amps):
+    raw, n = _measure_raw(m, ch)
+    return {"ch": ch, "raw_irms": raw, "true_amps": true_amps, "windows": n,
+            "ratio": true_amps / raw if raw > 0 else None}
+
+
+def cal_apply(m, ch, params):
+    cal = Calibration.from_dict(params)
+    m.calibs[ch] = cal
+    m.acc.calib[ch] = cal
+    m.cfg.set("channels.%d.calibration" % ch, cal.to_dict())
+    return {"ch%d" % (ch + 1): cal.to_dict()}
+
+
+def cal_clear(m, ch):
+    return cal_apply(m, ch, {})
+
+
+def energy_set(m, ch, mwh):
+    m.energy[ch] = EnergyCounter(mwh)
+    m.persist(m.board.ticks_ms())
+    return {"ch%d" % (ch + 1): reading.kwh_text(mwh)}
+
+
+def energy_reset(m, ch):
+    return energy_set(m, ch, 0)
+
+
+def reboot(m):
+    m.shutdown()
+    m.board.reset()

@@ -1,0 +1,592 @@
+# SPDX-License-Identifier: MIT
+"""The console's command table, argument parsing, help, redaction and output formatting:
+everything one line needs. Loaded by meter.console when a line arrives, and dropped after
+it on the device.
+
+    handle(con, b"cal point 0 5.0")     # exactly one response through con.out
+
+The command set and every argument spec are data (COMMANDS below); the firmware provides
+the handlers (see meter.console for how they are found). A handler is called with the
+parsed arguments in spec order (optional ones get their default) and returns a dict, or
+None; a command without a handler answers "not available". The console itself answers
+`help` and `mode json|human`.
+
+Arguments are checked strictly before any handler runs: ASCII decimal numbers only (no nan,
+inf, 1e999, hex, underscores or non-ASCII digits), ranges and counts bounded, channel
+indices in range. `energy set` takes kWh as an exact decimal (at most 6 decimals) and hands
+the handler an integer milliwatt-hour count, never a float. `cal apply` takes a JSON object
+(finite numbers, depth <= 4). `config set` hands over key and the raw value text; the
+config module parses and validates it.
+
+Error messages never repeat what was typed (a pasted password must not come back out).
+
+Output, one response per non-blank input line:
+  JSON mode : exactly one line, {"ok": true, "cmd": "...", ...result}
+              or {"ok": false, ["cmd": "...",] "error": "..."}
+  human mode: `key: value` lines (nested keys dotted), `ok` for an empty result,
+              errors as one line `error: ...`
+Every response passes a redaction filter: values under secret-looking keys (password, pass,
+token, secret, key, psk, ...) are masked at any depth, and the current secret values from
+`secrets()` are scrubbed from every string, number and error text.
+
+Lines with control characters or invalid UTF-8 are refused. Handler exceptions of the
+app's error types (and ConsoleError) become error lines with their message, any other
+Exception an "internal error" line naming its type; KeyboardInterrupt and SystemExit
+always propagate.
+"""
+
+# %-formatting is MicroPython's cheapest string formatting.
+# ruff: noqa: UP031
+
+import json
+import sys
+
+from meter import modules
+from meter.console import ConsoleError
+
+_CPYTHON = sys.implementation.name != "micropython"
+
+try:
+    from micropython import const
+except ImportError:  # CPython
+
+    def const(x):
+        return x
+
+
+MAX_SCOPE = const(2000)
+_JSON_DEPTH = const(4)
+_KEY_LEN = const(48)
+_TAB = const(9)
+
+
+# ---------------------------------------------------------------- argument types
+
+
+def _is_digits(s):
+    if not s:
+        return False
+    for c in s:
+        if c < "0" or c > "9":
+            return False
+    return True
+
+
+def parse_int(s):
+    """Strict ASCII decimal integer (optional sign, at most 12 digits) or ConsoleError."""
+    body = s[1:] if s[:1] in ("-", "+") else s
+    if not _is_digits(body) or len(body) > 12:
+        raise ConsoleError("not an integer")
+    return int(s)
+
+
+def parse_float(s):
+    """Strict ASCII decimal float (123, 1.5, .5, 2e3), finite, or ConsoleError."""
+    if len(s) > 32:
+        raise ConsoleError("not a number")
+    body = s[1:] if s[:1] in ("-", "+") else s
+    mant, exp = body, ""
+    for sep in ("e", "E"):
+        if sep in mant:
+            mant, exp = mant.split(sep, 1)
+            break
+    whole, frac = mant, ""
+    if "." in mant:
+        whole, frac = mant.split(".", 1)
+    ok = (whole or frac) and (not whole or _is_digits(whole)) and (not frac or _is_digits(frac))
+    if ok and body != mant:  # there was an exponent
+        e = exp[1:] if exp[:1] in ("-", "+") else exp
+        ok = _is_digits(e) and len(e) <= 4
+    if not ok:
+        raise ConsoleError("not a number")
+    v = float(s)
+    if v - v != 0.0:  # inf or nan (1e999 parses to inf)
+        raise ConsoleError("number out of range")
+    return v
+
+
+class Int:
+    def __init__(self, lo, hi):
+        self.lo, self.hi = lo, hi
+
+    def parse(self, s, con):
+        v = parse_int(s)
+        if v < self.lo or v > self.hi:
+            raise ConsoleError("must be %d..%d" % (self.lo, self.hi))
+        return v
+
+
+class Float:
+    def __init__(self, lo, hi, lo_open=False):
+        self.lo, self.hi, self.lo_open = lo, hi, lo_open
+
+    def parse(self, s, con):
+        v = parse_float(s)
+        if v > self.hi or v < self.lo or (self.lo_open and v == self.lo):
+            raise ConsoleError(
+                "must be %s %g and <= %g" % (">" if self.lo_open else ">=", self.lo, self.hi)
+            )
+        return v
+
+
+class Channel:
+    """A current channel (0..channels-1), or any ADC input if `inputs` (incl. voltage)."""
+
+    def __init__(self, inputs=False):
+        self.inputs = inputs
+
+    def parse(self, s, con):
+        n = con.inputs if self.inputs else con.channels
+        if not _is_digits(s) or len(s) > 3:
+            raise ConsoleError("not a channel number")
+        v = int(s)
+        if v >= n:
+            raise ConsoleError("no channel %d (channels: 0..%d)" % (v, n - 1))
+        return v
+
+
+class Choice:
+    def __init__(self, *options):
+        self.options = options
+
+    def parse(self, s, con):
+        if s not in self.options:
+            raise ConsoleError("must be one of " + "|".join(self.options))
+        return s
+
+
+class Key:
+    """A config key: lowercase letter, then letters, digits, _ or . (at most 48)."""
+
+    def parse(self, s, con):
+        ok = 0 < len(s) <= _KEY_LEN and "a" <= s[0] <= "z"
+        if ok:
+            for c in s:
+                if not ("a" <= c <= "z" or "0" <= c <= "9" or c == "_" or c == "."):
+                    ok = False
+                    break
+        if not ok:
+            raise ConsoleError("not a config key")
+        return s
+
+
+class Kwh:
+    """Energy in kWh as an exact decimal (<= 6 decimals) -> integer milliwatt-hours."""
+
+    def __init__(self, hi_kwh=1000000000):
+        self.hi = hi_kwh
+
+    def parse(self, s, con):
+        whole, frac = s, ""
+        if "." in s:
+            whole, frac = s.split(".", 1)
+        ok = (whole or frac) and (not whole or _is_digits(whole))
+        if not ok or (frac and not _is_digits(frac)) or len(whole) > 12:
+            raise ConsoleError("not a kWh value (like 1234.5)")
+        if len(frac) > 6:
+            raise ConsoleError("at most 6 decimals (1 mWh)")
+        mwh = int(whole or "0") * 1000000 + (int(frac + "000000"[len(frac):]) if frac else 0)
+        if mwh > self.hi * 1000000:
+            raise ConsoleError("must be <= %d kWh" % self.hi)
+        return mwh
+
+
+class Text:
+    """The rest of the line, as typed (inner spaces kept)."""
+
+    rest = True
+
+    def parse(self, s, con):
+        return s
+
+
+class JsonObject:
+    """The rest of the line as a JSON object with finite numbers, nested at most 4 deep."""
+
+    rest = True
+
+    def parse(self, s, con):
+        try:
+            if _CPYTHON:  # CPython would take NaN/Infinity; MicroPython and JSON do not
+                v = json.loads(s, parse_constant=_no_constant)
+            else:
+                v = json.loads(s)
+        except ValueError:  # includes CPython's JSONDecodeError
+            raise ConsoleError("not valid JSON") from None
+        if not isinstance(v, dict):
+            raise ConsoleError("expected a JSON object {...}")
+        _check_json(v, 0)
+        return v
+
+
+def _no_constant(name):
+    raise ValueError(name)
+
+
+def _check_json(v, depth):
+    if depth > _JSON_DEPTH:
+        raise ConsoleError("JSON nested too deep")
+    if isinstance(v, dict):
+        for k in v:
+            _check_json(v[k], depth + 1)
+    elif isinstance(v, list):
+        for x in v:
+            _check_json(x, depth + 1)
+    elif isinstance(v, float) and v - v != 0.0:
+        raise ConsoleError("JSON number not finite")
+
+
+CHANNEL = Channel()
+INPUT = Channel(inputs=True)
+
+# The command set: (name, ((arg, type[, default]), ...), help). Optional args have a default;
+# a type with `rest = True` takes the rest of the line and must come last.
+COMMANDS = (
+    ("help", (), "list the commands"),
+    ("status", (), "uptime, heap, Wi-Fi, last post, outbox, duty, sample rate, energy"),
+    ("read", (), "the latest reading of every channel"),
+    ("adc", (), "per input: min/max/mean code, noise, clipping count"),
+    ("scope", (("ch", INPUT), ("n", Int(1, MAX_SCOPE), 500)),
+     "n raw codes of one input and their sample rate"),
+    ("config get", (("key", Key(), None),), "the config (secrets masked), or one key"),
+    ("config set", (("key", Key()), ("value", Text())), "set one config key (validated)"),
+    ("cal show", (), "the calibration of every channel"),
+    ("cal zero", (("ch", CHANNEL),), "measure offset and noise floor with no load"),
+    ("cal point", (("ch", CHANNEL), ("true_amps", Float(0.0, 1000.0, lo_open=True))),
+     "measure with a known load of true_amps A"),
+    ("cal apply", (("ch", CHANNEL), ("params", JsonObject())),
+     "apply calibration params (JSON object)"),
+    ("cal clear", (("ch", CHANNEL),), "back to the sensor profile's defaults"),
+    ("energy set", (("ch", CHANNEL), ("kwh", Kwh())), "set the energy counter (kWh)"),
+    ("energy reset", (("ch", CHANNEL),), "set the energy counter to 0"),
+    ("reboot", (), "hard reset"),
+    ("mode", (("mode", Choice("json", "human"), None),), "show or switch the output mode"),
+)
+
+_BUILTIN = ("help", "mode")
+
+
+def usage(name, args):
+    parts = [name]
+    for a in args:
+        parts.append(("<%s>" if len(a) == 2 else "[%s]") % a[0])
+    return " ".join(parts)
+
+
+# ---------------------------------------------------------------- redaction
+
+SECRET_WORDS = ("password", "passwd", "pass", "pwd", "secret", "token", "psk", "apikey",
+                "credential", "credentials", "authorization")
+_SECRET_EXACT = ("key", "auth")
+_MASK = "***"
+
+
+def is_secret_key(name):
+    """True for key names like wifi_password, mqtt.pass, api_key, token, secret."""
+    name = str(name).lower()
+    for w in SECRET_WORDS:
+        if w in name:
+            return True
+    word = ""
+    for c in name + ".":
+        if "a" <= c <= "z" or "0" <= c <= "9":
+            word += c
+        else:
+            if word in _SECRET_EXACT:
+                return True
+            word = ""
+    return False
+
+
+def _scrub(text, secrets):
+    for s in secrets:
+        if s and s in text:
+            text = text.replace(s, _MASK)
+    return text
+
+
+def redact(obj, secrets=()):
+    """A copy of obj safe to print: secret keys masked, secret values scrubbed, non-finite
+    floats -> None, unknown types -> str."""
+    if isinstance(obj, dict):
+        out = {}
+        for k in obj:
+            v = obj[k]
+            ks = _scrub(k if isinstance(k, str) else str(k), secrets)
+            if is_secret_key(ks) and v is not None and v != "":
+                out[ks] = _MASK
+            else:
+                out[ks] = redact(v, secrets)
+        return out
+    if isinstance(obj, (list, tuple)):
+        return [redact(v, secrets) for v in obj]
+    if obj is None or isinstance(obj, bool):
+        return obj
+    if isinstance(obj, (int, float)):
+        if isinstance(obj, float) and obj - obj != 0.0:
+            return None
+        if secrets and _scrub(str(obj), secrets) != str(obj):
+            return _MASK
+        return obj
+    if isinstance(obj, str):
+        return _scrub(obj, secrets)
+    return _scrub(str(obj), secrets)
+
+
+def _check_bytes(buf, n):
+    # Printable text only: strict UTF-8 (no overlongs, surrogates or > U+10FFFF, the same
+    # rule as CPython's decoder), no C0/C1 control characters except tab.
+    i = 0
+    while i < n:
+        c = buf[i]
+        if c < 0x80:
+            if c < 0x20 and c != _TAB:
+                raise ConsoleError("control character in line")
+            i += 1
+            continue
+        lo, hi = 0x80, 0xBF
+        if 0xC2 <= c <= 0xDF:
+            k = 1
+        elif 0xE0 <= c <= 0xEF:
+            k = 2
+            if c == 0xE0:
+                lo = 0xA0
+            elif c == 0xED:
+                hi = 0x9F
+        elif 0xF0 <= c <= 0xF4:
+            k = 3
+            if c == 0xF0:
+                lo = 0x90
+            elif c == 0xF4:
+                hi = 0x8F
+        else:
+            raise ConsoleError("invalid UTF-8")
+        if i + k >= n:  # truncated sequence
+            raise ConsoleError("invalid UTF-8")
+        if not lo <= buf[i + 1] <= hi:
+            raise ConsoleError("invalid UTF-8")
+        for j in range(i + 2, i + k + 1):
+            if not 0x80 <= buf[j] <= 0xBF:
+                raise ConsoleError("invalid UTF-8")
+        if c == 0xC2 and buf[i + 1] < 0xA0:
+            raise ConsoleError("control character in line")
+        i += k + 1
+
+
+# ---------------------------------------------------------------- one line
+
+
+def _table(con):
+    """{name: [args, help, handler]}, the names in help order, and the two-word groups."""
+    mod = modules.use(con.commands) if con.commands else None
+    table = {}
+    order = []
+    for name, args, text in COMMANDS:
+        fn = getattr(mod, name.replace(" ", "_"), None) if mod is not None else None
+        table[name] = [args, text, fn]
+        order.append(name)
+    for name in con.bound:
+        handler, args, text = con.bound[name]
+        entry = table.get(name)
+        if entry is None:
+            entry = table[name] = [(), "", None]
+            order.append(name)
+        if args is not None:
+            entry[0] = tuple(args)
+        if text is not None:
+            entry[1] = text
+        entry[2] = handler
+    groups = {}
+    for name in order:
+        words = name.split()
+        if len(words) == 2:
+            subs = groups.setdefault(words[0], [])
+            if words[1] not in subs:
+                subs.append(words[1])
+    return table, order, groups
+
+
+def handle(con, line):
+    """Answer one line for Console con (see Console.handle); True if answered."""
+    if isinstance(line, Exception):
+        _respond(con, None, None, str(line))
+        return True
+    if isinstance(line, str):
+        line = line.encode()
+    try:
+        if len(line) > con.max_line:
+            raise ConsoleError("line too long (max %d bytes)" % con.max_line)
+        _check_bytes(line, len(line))
+    except ConsoleError as e:
+        _respond(con, None, None, str(e))
+        return True
+    line = line.strip()
+    words = line.split()
+    if not words:
+        return False
+    table, order, groups = _table(con)
+    name, err = _lookup(table, groups, words)
+    if err:
+        _respond(con, name, None, err)
+        return True
+    entry = table[name]
+    args = entry[0]
+    try:
+        values = _parse_args(con, line, name, args)
+    except ConsoleError as e:
+        _respond(con, name, None, str(e))
+        return True
+    if name == "help":
+        _respond(con, name, _help(table, order), None, table, order)
+        return True
+    if name == "mode":
+        if values[0] is not None:
+            con.mode = values[0]
+        _respond(con, name, {"mode": con.mode}, None)
+        return True
+    handler = entry[2]
+    if handler is None:
+        _respond(con, name, None, "not available")
+        return True
+    if name not in con.bound:  # a function of the commands module: context first
+        values.insert(0, con.context)
+    # A handler may run the meter loop (scope, cal zero collect live windows), which
+    # polls the console again: that poll leaves further input waiting until we return.
+    try:
+        result = handler(*values)
+    except con.errors as e:
+        _respond(con, name, None, str(e) or type(e).__name__)
+        return True
+    except Exception as e:  # noqa: BLE001 - reported, the meter keeps running
+        _respond(con, name, None, "internal error: " + type(e).__name__)
+        return True
+    if result is None:
+        result = {}
+    if not isinstance(result, dict):
+        _respond(con, name, None, "internal error: handler returned no dict")
+        return True
+    _respond(con, name, result, None)
+    return True
+
+
+def _lookup(table, groups, words):
+    w0 = words[0].decode()
+    if w0 in groups:
+        if len(words) < 2:
+            return None, "%s needs one of: %s" % (w0, ", ".join(groups[w0]))
+        name = w0 + " " + words[1].decode()
+        if name not in table:
+            return None, "unknown %s subcommand (try help)" % w0
+        return name, None
+    if w0 in table:
+        return w0, None
+    return None, "unknown command (try help)"
+
+
+def _parse_args(con, line, name, args):
+    nname = len(name.split())
+    rest = bool(args) and getattr(args[-1][1], "rest", False)
+    if rest:
+        parts = line.split(None, nname + len(args) - 1)
+    else:
+        parts = line.split()
+    given = parts[nname:]
+    if len(given) > len(args):
+        raise ConsoleError("too many arguments; usage: " + usage(name, args))
+    values = []
+    for i, spec in enumerate(args):
+        if i < len(given):
+            tok = given[i].strip().decode()
+            try:
+                values.append(spec[1].parse(tok, con))
+            except ConsoleError as e:
+                raise ConsoleError("%s: %s" % (spec[0], e)) from None
+        elif len(spec) > 2:
+            values.append(spec[2])
+        else:
+            raise ConsoleError("missing <%s>; usage: %s" % (spec[0], usage(name, args)))
+    return values
+
+
+def _help(table, order):
+    cmds = []
+    unavailable = []
+    for name in order:
+        cmds.append(usage(name, table[name][0]))
+        if name not in _BUILTIN and table[name][2] is None:
+            unavailable.append(name)
+    return {"commands": cmds, "unavailable": unavailable}
+
+
+# ---------------------------------------------------------------- output
+
+
+def _respond(con, name, result, error, table=None, order=None):
+    secrets = ()
+    if con.secrets is not None:
+        secrets = tuple(s for s in con.secrets() if isinstance(s, str) and s)
+    out = con.out
+    if con.mode == "json":
+        obj = {"ok": error is None}
+        if name is not None:
+            obj["cmd"] = name
+        if error is not None:
+            obj["error"] = error
+        else:
+            for k in result:
+                if k not in ("ok", "cmd", "error"):
+                    obj[k] = result[k]
+        out(json.dumps(redact(obj, secrets)))
+        return
+    if error is not None:
+        out(_scrub("error: " + _printable(error), secrets))
+        return
+    if name == "help":
+        for cmd in order:
+            entry = table[cmd]
+            mark = " (not available)" if cmd in result["unavailable"] else ""
+            out(usage(cmd, entry[0]) + "  -- " + entry[1] + mark)
+        return
+    lines = []
+    _flatten("", redact(result, secrets), lines)
+    if not lines:
+        lines.append("ok")
+    for line in lines:
+        out(_scrub(line, secrets))
+
+
+def _printable(s):
+    for c in s:
+        if c < " " or c == "\x7f":
+            return repr(s)
+    return s
+
+
+def _flatten(prefix, v, lines):
+    if isinstance(v, dict):
+        for k in sorted(v):
+            _flatten(prefix + k + ".", v[k], lines)
+        if not v and prefix:
+            lines.append(prefix[:-1] + ": {}")
+        return
+    key = prefix[:-1]
+    if isinstance(v, list):
+        if all(not isinstance(x, (dict, list)) for x in v):
+            lines.append(key + ": " + " ".join(_scalar(x) for x in v))
+        else:
+            for i, x in enumerate(v):
+                _flatten(prefix + str(i) + ".", x, lines)
+        return
+    lines.append(key + ": " + _scalar(v))
+
+
+def _scalar(v):
+    if v is None:
+        return "-"
+    if v is True:
+        return "true"
+    if v is False:
+        return "false"
+    if isinstance(v, str):
+        return _printable(v)
+    return str(v)
