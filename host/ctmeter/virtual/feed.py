@@ -11,6 +11,12 @@ of uint16 codes (the sensor model's stream, a replayed capture, ...). The protoc
 one device/lib/meter/board_unix.py speaks: a 12-byte request '<QI' (first frame, count)
 answered by count*nch little-endian uint16. The feed also counts the frames it served, which
 gives the sampling duty independently of the firmware's own report.
+
+A finite source (a recorded file) ends by returning fewer than `n` frames. The feed then
+sets `feed.exhausted` (a threading.Event) and leaves that request unanswered: the firmware
+waits in its ADC read, as on a board whose signal stopped, so every reading it finished
+before that request has been delivered and none is made from a partial window. Whoever owns
+the feed waits on `exhausted` and stops the board.
 """
 
 import os
@@ -36,6 +42,7 @@ class SensorFeed:
         self.first_frame = None
         self.last_frame = None
         self.error = None
+        self.exhausted = threading.Event()
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._serve, name="sensor-feed", daemon=True)
@@ -92,6 +99,11 @@ class SensorFeed:
                 return  # firmware exited or reset
             k0, n = _REQ.unpack(head)
             frames = np.asarray(self.source.frames(k0, n), dtype="<u2")
+            if frames.ndim == 2 and frames.shape[0] < n and frames.shape[1] == self.source.nch:
+                # the source has ended: hold the firmware in this read until stop()
+                self.exhausted.set()
+                self._stop.wait()
+                return
             if frames.shape != (n, self.source.nch):
                 raise ValueError(f"source returned {frames.shape}, expected {(n, self.source.nch)}")
             resp.write(frames.tobytes())
