@@ -57,6 +57,11 @@ file's first sample is what the firmware sees in its first window (booting takes
 the file). When the firmware asks for samples past the end of the file the run stops: the
 readings it completed are the result, and the part of the file after the last complete
 reading interval is in none of them (`summary["uncovered"]` says how much).
+
+A reading needs at least one interval (1 s or more) of signal, longer than what `ctmeter
+scope` captures (at most 2000 codes): `repeat=N` plays the file N times back to back. A
+capture of whole mains cycles then loops seamlessly; file times (fileStart, fileEnd) count
+along the repeated signal.
 """
 
 from __future__ import annotations
@@ -117,6 +122,7 @@ class ReplayInput:
     info: dict = field(default_factory=dict)  # capture keys we do not use; model details
     sensors: list = field(default_factory=list)  # per column, for config.json (informative)
     waveform: object = None  # the physical Waveform (with truth), for physical files
+    repeat: int = 1  # codes hold the file this many times back to back
 
     @property
     def ncurrent(self):
@@ -128,6 +134,7 @@ class ReplayInput:
 
     @property
     def duration_s(self):
+        """Seconds of signal played (the file's, times repeat)."""
         return len(self.codes) / self.sample_rate_hz
 
 
@@ -147,6 +154,9 @@ def _columns(path, lineno, header):
     """Column names of a capture header row -> (current column count, has voltage)."""
     if header == ["code"]:
         return 1, False
+    if header == ["code_v"]:
+        raise ReplayError(f"{path}:{lineno}: a capture of the voltage input alone cannot be "
+                          "replayed: the meter measures current columns (code or code_i1..)")
     has_v = bool(header) and header[-1] == "code_v"
     cur = header[:-1] if has_v else header
     want = [f"code_i{i + 1}" for i in range(len(cur))]
@@ -381,10 +391,12 @@ def _header_row(path):
 
 def load_input(path, sensor=None, board="esp32", burden_ohm=None, sample_rate_hz=None,
                seed=None, ideal=False, amps_per_count=None, mains_hz=None,
-               nominal_voltage=None) -> ReplayInput:
+               nominal_voltage=None, repeat=1) -> ReplayInput:
     """Parse a waveform file of either kind. Model options (sensor, burden, sample rate,
     seed, ideal) apply to physical files only; amps_per_count, mains_hz and nominal_voltage
-    override what the file or the model says."""
+    override what the file or the model says; repeat plays the file that many times."""
+    if isinstance(repeat, bool) or not isinstance(repeat, int) or not 1 <= repeat <= 100000:
+        raise ReplayError(f"repeat {repeat!r} must be a whole number from 1 to 100000")
     header = _header_row(path)
     if header and header[0] == "time_s":
         inp = load_physical(path, sensor=sensor, board=board, burden_ohm=burden_ohm,
@@ -418,6 +430,9 @@ def load_input(path, sensor=None, board="esp32", burden_ohm=None, sample_rate_hz
     if not NOMINAL_V_RANGE[0] <= inp.nominal_voltage <= NOMINAL_V_RANGE[1]:
         raise ReplayError(f"nominal voltage {inp.nominal_voltage} is outside "
                           f"{NOMINAL_V_RANGE[0]}..{NOMINAL_V_RANGE[1]} V")
+    if repeat > 1:
+        inp.codes = np.tile(inp.codes, (repeat, 1))
+        inp.repeat = repeat
     return inp
 
 
@@ -582,8 +597,12 @@ def run(inp: ReplayInput, interval_s=None, board="esp32", timeout_s=None, on_rea
     if not isinstance(interval_s, int) or not 1 <= interval_s <= 3600:
         raise ReplayError(f"interval {interval_s!r} must be a whole number of seconds, 1..3600")
     if inp.duration_s < interval_s:
-        raise ReplayError(f"{inp.path} lasts {inp.duration_s:.3f} s, less than one reading "
-                          f"interval ({interval_s} s)", "try a shorter --interval")
+        n = math.ceil(1.2 * interval_s / (inp.duration_s / inp.repeat))
+        again = " again" if inp.repeat > 1 else ""
+        raise ReplayError(f"{inp.path} gives {inp.duration_s:.4g} s of signal{again}, less than "
+                          f"one reading interval ({interval_s} s)",
+                          "try " + ("a shorter --interval, or " if interval_s > 1 else "")
+                          + f"--repeat {n} to play it {n} times back to back")
     token = secrets.token_urlsafe(16)
     source = FileSource(inp.codes, inp.sample_rate_hz)
     posts = []  # (source.windows, source.end, source.served, readings) per POST
@@ -675,7 +694,8 @@ def summarize(inp, readings, frames_used, interval_s):
     seqs = sorted(r["seq"] for r in readings)
     return {
         "file": inp.path, "kind": inp.kind, "sampleRate": inp.sample_rate_hz,
-        "interval": interval_s, "fileDuration": round(inp.duration_s, 6),
+        "interval": interval_s, "fileDuration": round(inp.duration_s / inp.repeat, 6),
+        "repeat": inp.repeat, "played": round(inp.duration_s, 6),
         "covered": round(covered, 6), "uncovered": round(inp.duration_s - covered, 6),
         "samplesUsed": round(frames_used / len(inp.codes), 4),
         "readings": len(readings) // max(1, inp.ncurrent),

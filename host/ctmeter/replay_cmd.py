@@ -14,6 +14,7 @@ examples:
   ctmeter replay kettle.csv --ideal                  # physical file through an ideal model
   ctmeter replay kettle.csv --sensor sct013-000 --burden 10 --seed 3
   ctmeter replay capture.csv --interval 10 | jq 'select(.summary)'
+  ctmeter replay scope.csv --repeat 5                # a 0.5 s scope capture, 2.5 s of signal
 
 FILE is either a physical waveform (header time_s,current_A[,voltage_V]), turned into ADC
 codes by the sensor model, or a raw ADC capture (`# ctmeter capture v1`, `# key=value`
@@ -28,7 +29,9 @@ covers) and windows; then {"summary": {...}} with, per channel, the RMS current 
 power over all readings, energyKwh, readings, windows and duration. `ts` counts seconds
 from the start of the replay. Without a voltage column, power assumes PF 1 at the nominal
 voltage, as the meter does. The replay stops when the firmware asks for samples past the
-end of the file: a final partial interval gives no reading (see "uncovered").
+end of the file: a final partial interval gives no reading (see "uncovered"). A file
+shorter than one interval (a `ctmeter scope` capture is at most 2000 codes) needs
+--repeat N, which plays it N times back to back.
 
 exit codes: 0 done, 1 the firmware failed or timed out, 2 bad file or options
 """
@@ -65,6 +68,9 @@ def register(subparsers):
                    help="mains frequency setting (default: the file's, else auto)")
     o.add_argument("--nominal-voltage", type=float, metavar="V",
                    help="voltage for power without a voltage column (default 230)")
+    p.add_argument("--repeat", type=int, default=1, metavar="N",
+                   help="play the file N times back to back (a `ctmeter scope` capture is "
+                        "shorter than one reading interval)")
     p.add_argument("--summary-only", action="store_true", help="print only the summary line")
     p.add_argument("--timeout", type=float, metavar="S",
                    help="give up after this many seconds of wall time "
@@ -86,12 +92,13 @@ def run(args):
         on_reading=None if args.summary_only else show, sensor=args.sensor,
         burden_ohm=args.burden, sample_rate_hz=args.sample_rate, seed=args.seed,
         ideal=args.ideal, amps_per_count=args.amps_per_count, mains_hz=mains,
-        nominal_voltage=args.nominal_voltage)
+        nominal_voltage=args.nominal_voltage, repeat=args.repeat)
     with lock:
         print(json.dumps({"summary": result.summary}), flush=True)
     s = result.summary
     if s["uncovered"] > 0:
         print(f"ctmeter replay: {s['readings']} reading(s) of {s['interval']} s cover "
-              f"{s['covered']:.3f} s of the file; the last {s['uncovered']:.3f} s are in no "
+              f"{s['covered']:.3f} s of {s['played']:.3f} s; the last {s['uncovered']:.3f} s "
+              "are in no "
               "complete reading", file=sys.stderr)
     return 0
