@@ -598,7 +598,7 @@ def run(inp: ReplayInput, interval_s=None, board="esp32", timeout_s=None, on_rea
         raise ReplayError(f"interval {interval_s!r} must be a whole number of seconds, 1..3600")
     if inp.duration_s < interval_s:
         n = math.ceil(1.2 * interval_s / (inp.duration_s / inp.repeat))
-        again = " again" if inp.repeat > 1 else ""
+        again = f" played {inp.repeat} times" if inp.repeat > 1 else ""
         raise ReplayError(f"{inp.path} gives {inp.duration_s:.4g} s of signal{again}, less than "
                           f"one reading interval ({interval_s} s)",
                           "try " + ("a shorter --interval, or " if interval_s > 1 else "")
@@ -628,23 +628,27 @@ def run(inp: ReplayInput, interval_s=None, board="esp32", timeout_s=None, on_rea
     url = f"http://127.0.0.1:{server.server_address[1]}/api/measurements"
     if timeout_s is None:
         timeout_s = 60.0 + 2.0 * inp.duration_s
-    with tempfile.TemporaryDirectory(prefix="ctmeter-replay-") as work:
-        flash = Path(work) / "flash"
-        flash.mkdir()
-        cfg = meter_config(inp, interval_s, url, token, board)
-        (flash / "config.json").write_text(json.dumps(cfg, indent=1))
-        vb = VirtualBoard(flash, source, clock="fast", heapsize=SIM_HEAP, epoch=0)
-        console = None
-        try:
-            vb.start()
-            console = _Console(vb.port)
-            _wait(vb, console, timeout_s, inp)
-        finally:
-            vb.stop()
-            if console:
-                console.close()
-            server.shutdown()
-            server.server_close()
+    vb = console = None
+    try:
+        with tempfile.TemporaryDirectory(prefix="ctmeter-replay-") as work:
+            flash = Path(work) / "flash"
+            flash.mkdir()
+            cfg = meter_config(inp, interval_s, url, token, board)
+            (flash / "config.json").write_text(json.dumps(cfg, indent=1))
+            # "fast": simulated time as fast as the host allows; the host's time between
+            # windows counts as unsampled time, so a few frames per window are skipped
+            vb = VirtualBoard(flash, source, clock="fast", heapsize=SIM_HEAP, epoch=0)
+            try:
+                vb.start()
+                console = _Console(vb.port)
+                _wait(vb, console, timeout_s, inp)
+            finally:
+                vb.stop()
+                if console:
+                    console.close()
+    finally:
+        server.shutdown()
+        server.server_close()
     summary = summarize(inp, readings, posts[-1][2] if posts else 0, interval_s)
     if summary["missing"]:
         raise CommandError(f"the firmware did not deliver {summary['missing']} of its readings",
