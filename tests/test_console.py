@@ -118,21 +118,21 @@ class FakeApp:
             return {"channels": [{"gain": 1.0}, {"gain": 1.01}]}
 
         def cal_zero(ch):
-            self._check("cal zero", self._ch(ch), (ch,))
+            self._check("cal zero", self._ch(ch, INPUTS), (ch,))
             return {"ch": ch, "offset": 2048.3}
 
         def cal_point(ch, amps):
-            ok = self._ch(ch) and isinstance(amps, float) and math.isfinite(amps)
+            ok = self._ch(ch, INPUTS) and isinstance(amps, float) and math.isfinite(amps)
             self._check("cal point", ok and 0 < amps <= 1000, (ch, amps))
             return {"ch": ch, "gain": 1.02}
 
         def cal_apply(ch, params):
-            ok = self._ch(ch) and isinstance(params, dict) and _finite_tree(params)
+            ok = self._ch(ch, INPUTS) and isinstance(params, dict) and _finite_tree(params)
             self._check("cal apply", ok, (ch, params))
             return {"ch": ch, "applied": sorted(params)}
 
         def cal_clear(ch):
-            self._check("cal clear", self._ch(ch), (ch,))
+            self._check("cal clear", self._ch(ch, INPUTS), (ch,))
 
         def energy_set(ch, mwh):
             self._check("energy set", self._ch(ch) and _is_int(mwh) and mwh >= 0, (ch, mwh))
@@ -208,11 +208,11 @@ def _bad_command_lines(r):
     return [
         lambda: "scope " + r.choice(BAD_INPUTS),
         lambda: "scope " + str(r.randrange(INPUTS)) + " " + r.choice(BAD_N),
-        lambda: "cal zero " + r.choice(BAD_CHANNELS),
-        lambda: "cal clear " + r.choice(BAD_CHANNELS),
+        lambda: "cal zero " + r.choice(BAD_INPUTS),
+        lambda: "cal clear " + r.choice(BAD_INPUTS),
         lambda: "energy reset " + r.choice(BAD_CHANNELS),
         lambda: "cal point " + ch() + " " + r.choice(BAD_AMPS),
-        lambda: "cal point " + r.choice(BAD_CHANNELS) + " 5",
+        lambda: "cal point " + r.choice(BAD_INPUTS) + " 5",
         lambda: "energy set " + ch() + " " + r.choice(BAD_KWH),
         lambda: "energy set " + r.choice(BAD_CHANNELS) + " 12.5",
         lambda: "config set " + r.choice(BAD_KEYS) + " 5",

@@ -144,6 +144,7 @@ class Meter:
                                secrets=self._secrets, commands="meter.commands", context=self,
                                drop=_MPY)
         self.hook = None  # called after each window by commands that need live data
+        self.mem_errors = 0
         self.last_raw = []
         self.uptime_ms = 0
         self.running = False
@@ -206,7 +207,14 @@ class Meter:
         self._duty_start_us = self._start_us
         try:
             while self.running:
-                self.step()
+                try:
+                    self.step()
+                except MemoryError:
+                    # a fragmented heap must not stop the meter: that window (or that
+                    # post, that console line) is lost, energy keeps integrating over time
+                    self.mem_errors += 1
+                    self.hook = None
+                    gc.collect()
         finally:
             self.shutdown()
 
@@ -215,8 +223,15 @@ class Meter:
         n = self.acc.window_frames(self.fs_hz, self.cycles)
         if n > self.buf_frames:
             n = self.buf_frames
-        self.board.read_frames(self.buf, 0, n)
-        self.acc.add(self.buf, 0, n)
+        # the sampling loop: the board may lock the heap around it (the virtual board does
+        # with CTMETER_HEAP_LOCK=1, proving that sampling and accumulation allocate nothing)
+        b = self.board
+        b.sampling(True)
+        try:
+            b.read_frames(self.buf, 0, n)
+            self.acc.add(self.buf, 0, n)
+        finally:
+            b.sampling(False)
         self._duty_frames += n
         self._end_window()
         if self.hook is not None:

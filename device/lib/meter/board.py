@@ -15,6 +15,8 @@ Interface (all boards):
     nch, sample_rate_hz            frame width (current channels + optional voltage) and rate
     read_frames(buf, start, n)     fill frames [start, start+n) of an array('H') of nch-wide
                                    frames with 12-bit codes at the fixed rate; allocates nothing
+    sampling(on)                   called before (True) and after (False) each burst and its
+                                   accumulation (unix: optional heap lock; ESP32: nothing)
     sampling_stats()               (achieved rate Hz, worst lateness µs) of the last bursts
     after_window()                 hook after each measured window (unix: optional time-lapse)
     ticks_ms() / ticks_us()        wrapping tick counters (period 2**30, like the chip)
@@ -69,6 +71,9 @@ class BoardBase:
         return self._stdin
 
     def after_window(self):
+        pass
+
+    def sampling(self, on):
         pass
 
 

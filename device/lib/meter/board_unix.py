@@ -3,8 +3,13 @@
 
 Environment (set by the host's virtual-board runner, host/ctmeter/virtual/):
     CTMETER_FEED        "<request fifo>,<response fifo>" of the sensor feed (required)
-    CTMETER_CLOCK       "fast" (default: simulated time runs as fast as the CPU allows)
-                        or "realtime" (paced to the wall clock, for `make sim`)
+    CTMETER_CLOCK       "fast" (default: simulated time runs as fast as the CPU allows),
+                        "realtime" (paced to the wall clock, for `make sim`) or "exact"
+                        (simulated time advances only by the samples taken, sleeps and the
+                        time-lapse, never by the host's CPU time: every sample of a replayed
+                        file is measured, and the same input gives the same readings)
+    CTMETER_HEAP_LOCK   "1": micropython.heap_lock() around every sampling burst and its
+                        accumulation, so any allocation there raises at once (tests)
     CTMETER_TIMELAPSE_S simulated seconds skipped after each measured window (default 0).
                         A test accelerator for multi-day soaks: the meter samples one
                         window, then time jumps; energy still integrates the elapsed time.
@@ -63,7 +68,10 @@ class UnixBoard(BoardBase):
         self._resp = open(resp_path, "rb")
         self._reqbuf = bytearray(12)
         self._stage = bytearray(_STAGE)
-        self._realtime = os.getenv("CTMETER_CLOCK") == "realtime"
+        clock = os.getenv("CTMETER_CLOCK")
+        self._realtime = clock == "realtime"
+        self._exact = clock == "exact"
+        self._lock = os.getenv("CTMETER_HEAP_LOCK") == "1"
         self._timelapse_ns = int(float(os.getenv("CTMETER_TIMELAPSE_S") or 0) * 1e9)
         epoch = os.getenv("CTMETER_EPOCH")
         self._epoch_s = int(epoch) if epoch else int(time.time())
@@ -77,9 +85,13 @@ class UnixBoard(BoardBase):
 
     # clock
     def _now_ns(self):
+        if self._exact:
+            return self._sim_ns
         return self._sim_ns + (time.time_ns() - self._sync_ns)
 
     def _sync(self):
+        if self._exact:
+            return
         now = time.time_ns()
         self._sim_ns += now - self._sync_ns
         self._sync_ns = now
@@ -131,6 +143,13 @@ class UnixBoard(BoardBase):
             self._sync_ns = time.time_ns()
         self._sampled_frames += n
         self._check_wdt()
+
+    def sampling(self, on):
+        if self._lock:
+            if on:
+                micropython.heap_lock()
+            else:
+                micropython.heap_unlock()
 
     def sampling_stats(self):
         late, self._late_max_us = self._late_max_us, 0

@@ -12,6 +12,7 @@ meter.calib) and sends the result with `cal apply`.
 
 # ruff: noqa: UP031
 
+import gc
 import math
 from array import array
 
@@ -25,6 +26,7 @@ CAL_WINDOWS = 25  # 5 s of 10-cycle windows at 50 Hz per calibration measurement
 
 def status(m):
     b = m.board
+    gc.collect()  # heap figures of live data, not of garbage waiting for the next collection
     rate, late = b.sampling_stats()
     return {
         "version": m.VERSION, "device": m.cfg.data["device_id"],
@@ -37,7 +39,7 @@ def status(m):
         "sample_rate_hz": rate, "jitter_us": late, "windows": m.windows,
         "seq": m.store.seq, "boots": m.store.boots,
         "energy_kwh": [reading.kwh_text(e.mwh) for e in m.energy],
-        "problems": m.problems[-5:],
+        "problems": m.problems[-5:], "platform": b.platform, "mem_errors": m.mem_errors,
     }
 
 
@@ -76,21 +78,23 @@ def adc(m):
 
 
 def scope(m, ch, n):
-    # collected from the next windows without stopping the meter
+    # Contiguous bursts of up to one window buffer each, read between windows (the meter's
+    # own sampling pauses meanwhile; energy still integrates the elapsed time). segments:
+    # codes per burst, in order; within a segment the codes are evenly spaced at the rate.
     data = array("H", bytes(2 * n))
-    got = [0]
-
-    def collect(m, frames):
-        i = 0
-        k = got[0]
-        while i < frames and k < n:
-            data[k] = m.buf[i * m.nch + ch]
-            k += 1
-            i += 1
-        got[0] = k
-
-    _run(m, collect, lambda: got[0] >= n)
-    return {"input": ch, "sample_rate_hz": m.fs_hz, "n": n, "codes": list(data)}
+    segments = []
+    got = 0
+    nch = m.nch
+    while got < n:
+        k = min(n - got, m.buf_frames)
+        m.board.read_frames(m.buf, 0, k)
+        for i in range(k):
+            data[got + i] = m.buf[i * nch + ch]
+        got += k
+        segments.append(k)
+    m.board.wdt_feed()
+    return {"input": ch, "sample_rate_hz": m.fs_hz, "n": n, "segments": segments,
+            "codes": list(data)}
 
 
 def _run(m, hook, done):
@@ -114,7 +118,7 @@ def config_set(m, key, value):
 
 
 def cal_show(m):
-    return {"ch%d" % (i + 1): c.to_dict() for i, c in enumerate(m.calibs)}
+    return {_cal_name(m, i): c.to_dict() for i, c in enumerate(m.calibs)}
 
 
 def _measure_raw(m, ch):
@@ -129,23 +133,31 @@ def _measure_raw(m, ch):
     return math.sqrt(acc[1] / acc[0]), acc[0]
 
 
+# cal zero/point/apply/clear take an input: a current channel, or the voltage input (its
+# index is the number of current channels; true_amps is then the true voltage in V).
 def cal_zero(m, ch):
     raw, n = _measure_raw(m, ch)
-    return {"ch": ch, "raw_irms": raw, "windows": n, "rms_codes": raw / m.acc.scales[ch]}
+    return {"ch": ch, "raw_irms": raw, "raw_rms": raw, "windows": n,
+            "rms_codes": raw / m.acc.scales[ch]}
 
 
 def cal_point(m, ch, true_amps):
     raw, n = _measure_raw(m, ch)
-    return {"ch": ch, "raw_irms": raw, "true_amps": true_amps, "windows": n,
+    return {"ch": ch, "raw_irms": raw, "raw_rms": raw, "true_amps": true_amps, "windows": n,
             "ratio": true_amps / raw if raw > 0 else None}
+
+
+def _cal_name(m, ch):
+    return "voltage" if ch == m.vch else "ch%d" % (ch + 1)
 
 
 def cal_apply(m, ch, params):
     cal = Calibration.from_dict(params)
+    key = "voltage.calibration" if ch == m.vch else "channels.%d.calibration" % ch
+    m.cfg.set(key, cal.to_dict())  # validated and written first: nothing half-applied
     m.calibs[ch] = cal
     m.acc.calib[ch] = cal
-    m.cfg.set("channels.%d.calibration" % ch, cal.to_dict())
-    return {"ch%d" % (ch + 1): cal.to_dict()}
+    return {_cal_name(m, ch): cal.to_dict()}
 
 
 def cal_clear(m, ch):

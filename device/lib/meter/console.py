@@ -45,6 +45,7 @@ MAX_LINE = const(240)  # bytes per line; stdin holds ~260, so one line fits whol
 _POLL_BYTES = const(64)  # bytes taken per poll() call: bounds the time stolen from sampling
 CMDS = "meter.console_cmds"
 _NO_MEMORY = "error: out of memory, line dropped"
+_NO_MEMORY_JSON = '{"ok": false, "error": "out of memory, line dropped"}'
 
 _BS = const(8)
 _LF = const(10)
@@ -182,7 +183,7 @@ class Console:
         except MemoryError:
             # the parser could not be loaded (or a handler ran out): the line is lost, the
             # meter is not; the message is a constant, printing it allocates nothing new
-            self.out(_NO_MEMORY)
+            self.out(_NO_MEMORY_JSON if self.mode == "json" else _NO_MEMORY)
             return True
         finally:
             self._busy = False

@@ -251,12 +251,12 @@ COMMANDS = (
     ("config get", (("key", Key(), None),), "the config (secrets masked), or one key"),
     ("config set", (("key", Key()), ("value", Text())), "set one config key (validated)"),
     ("cal show", (), "the calibration of every channel"),
-    ("cal zero", (("ch", CHANNEL),), "measure offset and noise floor with no load"),
-    ("cal point", (("ch", CHANNEL), ("true_amps", Float(0.0, 1000.0, lo_open=True))),
-     "measure with a known load of true_amps A"),
-    ("cal apply", (("ch", CHANNEL), ("params", JsonObject())),
+    ("cal zero", (("ch", INPUT),), "measure offset and noise floor with no load"),
+    ("cal point", (("ch", INPUT), ("true_amps", Float(0.0, 1000.0, lo_open=True))),
+     "measure with a known load of true_amps A (the voltage input: true volts)"),
+    ("cal apply", (("ch", INPUT), ("params", JsonObject())),
      "apply calibration params (JSON object)"),
-    ("cal clear", (("ch", CHANNEL),), "back to the sensor profile's defaults"),
+    ("cal clear", (("ch", INPUT),), "back to the sensor profile's defaults"),
     ("energy set", (("ch", CHANNEL), ("kwh", Kwh())), "set the energy counter (kWh)"),
     ("energy reset", (("ch", CHANNEL),), "set the energy counter to 0"),
     ("reboot", (), "hard reset"),
@@ -319,7 +319,15 @@ def redact(obj, secrets=()):
                 out[ks] = redact(v, secrets)
         return out
     if isinstance(obj, (list, tuple)):
-        return [redact(v, secrets) for v in obj]
+        # copied only if something changes: a scope answer holds thousands of codes
+        out = None
+        for i, v in enumerate(obj):
+            r = redact(v, secrets)
+            if out is None and r is not v:
+                out = list(obj)
+            if out is not None:
+                out[i] = r
+        return obj if out is None else out
     if obj is None or isinstance(obj, bool):
         return obj
     if isinstance(obj, (int, float)):
