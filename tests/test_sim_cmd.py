@@ -1,9 +1,19 @@
 # SPDX-License-Identifier: MIT
-"""`ctmeter sim` end to end: virtual board -> HTTP -> collector on SQLite -> printed readings."""
+"""`ctmeter sim` end to end: virtual board -> HTTP -> collector on SQLite -> printed readings,
+and the simulated load changed with --load and by lines typed on its stdin."""
 
+import queue
 import re
+import signal
 import subprocess
 import sys
+import threading
+import time
+
+import pytest
+from ctmeter.model import Channel, Frontend, Inductive, Mains, Profile, Resistive, Standby, Stream
+from ctmeter.sim_cmd import LoadControl, LoadSpecError, parse_load
+from ctmeter.transport import EXIT_USAGE
 
 
 def test_sim_runs_the_whole_chain(tmp_path):
@@ -24,3 +34,119 @@ def test_sim_runs_the_whole_chain(tmp_path):
     token = (tmp_path / "sim" / "admin-token").read_text().strip()
     assert token and token not in out + proc.stderr  # secrets never printed
     assert (tmp_path / "sim" / "admin-token").stat().st_mode & 0o077 == 0
+
+
+# ---------------------------------------------------------------- the simulated load
+
+def test_load_specs():
+    r = parse_load("2000W")
+    assert isinstance(r, Resistive) and r.watts == 2000
+    r = parse_load(" 8.5 a ")
+    assert isinstance(r, Resistive) and r.irms == 8.5
+    r = parse_load("900W pf 0.7")
+    assert isinstance(r, Inductive) and r.watts == 900 and r.pf == 0.7
+    assert parse_load("off") is None and parse_load("0") is None
+    assert parse_load("profile") == "profile"
+    for bad in ("", "banana", "2000", "-5A", "0.5kW", "100000W", "900W pf 3", "8A pf"):
+        with pytest.raises(LoadSpecError) as exc:
+            parse_load(bad)
+        assert exc.value.exit_code == EXIT_USAGE, bad
+
+
+def test_load_control_changes_the_stream_from_the_next_samples():
+    household = Profile().add(Standby(watts=5.0), 0.0).add(Resistive(watts=2000), 30.0, 40.0)
+    stream = Stream([Channel(Frontend("sct013-030", ideal=True), household)],
+                    mains=Mains.clean(), sample_rate=4000, seed=1)
+    loads = LoadControl(stream)
+    stream.read(0, 4000)  # 1 s delivered: a change cannot rewrite it
+    assert loads.handle("load 2300W").startswith("load: 2300 W resistive (10.000 A")
+    t = stream.truth(1.0, 5.0)
+    assert t.p[0] == pytest.approx(2300, rel=1e-6)
+    assert stream.truth(0.0, 1.0).p[0] == pytest.approx(5.0, rel=0.05)  # the past stays
+    stream.read(4000, 36000)  # up to 10 s
+    assert loads.handle("load off") == "load: off from t=10.0 s"
+    assert stream.truth(10.0, 12.0).irms[0] == 0.0
+    stream.read(40000, 40000)  # up to 20 s
+    assert "household" in loads.handle("load profile")
+    assert stream.truth(25.0, 29.0).p[0] == pytest.approx(5.0, rel=0.05)  # standby again
+    assert stream.truth(31.0, 39.0).p[0] == pytest.approx(2005.0, rel=0.01)  # and the heater
+    assert loads.handle("load") == "load: the simulated household"
+    assert "cannot read the load 'banana'" in loads.handle("load banana")
+    assert "unknown command" in loads.handle("lod 5A")
+    assert loads.handle("   ") is None
+
+
+def test_sim_refuses_a_bad_load_before_starting(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "ctmeter", "sim", "--clock", "fast", "--duration", "5",
+         "--no-collector", "--dir", str(tmp_path / "sim"), "--load", "lots"],
+        capture_output=True, text=True, timeout=60)
+    assert proc.returncode == EXIT_USAGE
+    assert "cannot read the load 'lots'" in proc.stderr
+    assert not (tmp_path / "sim").exists()
+
+
+class _Lines:
+    """The sim's stdout, line by line, as it comes."""
+
+    def __init__(self, stream):
+        self.q = queue.Queue()
+        self.seen = []
+        threading.Thread(target=self._pump, args=(stream,), daemon=True).start()
+
+    def _pump(self, stream):
+        for line in stream:
+            self.q.put(line.rstrip("\n"))
+
+    def wait(self, pattern, timeout=60, count=1):
+        """The `count`-th line matching `pattern` from now on (earlier ones skipped)."""
+        deadline = time.monotonic() + timeout
+        found = []
+        while time.monotonic() < deadline:
+            try:
+                line = self.q.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            self.seen.append(line)
+            m = re.search(pattern, line)
+            if m:
+                found.append(m)
+                if len(found) == count:
+                    return m
+        raise AssertionError(f"no {count} x {pattern!r} in: {self.seen[-20:]}")
+
+
+def test_sim_load_from_the_command_line_and_stdin(tmp_path):
+    reading = r"reading seq=(\d+) ch1 ([\d.]+) A (-?[\d.]+) W"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ctmeter", "sim", "--clock", "fast", "--duration", "60",
+         "--http", "127.0.0.1:0", "--dir", str(tmp_path / "sim"), "--fresh",
+         "--load", "2000W"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out = _Lines(proc.stdout)
+    try:
+        assert "load 2000 W resistive" in out.wait(r"ctmeter sim: load .*load profile").group(0)
+        # uncalibrated meter (a real unit's ratio error, an uncalibrated voltage sensor)
+        m = out.wait(reading, count=3)
+        assert float(m.group(3)) == pytest.approx(2000, rel=0.05)
+
+        proc.stdin.write("load 8.5A\n")
+        proc.stdin.flush()
+        out.wait(r"load: 1955 W resistive \(8\.500 A at 230 V\) from t=")
+        m = out.wait(reading, count=12)  # the first few may still be the old load
+        assert float(m.group(2)) == pytest.approx(8.5, rel=0.03)
+
+        proc.stdin.write("load ten amps\nload off\n")
+        proc.stdin.flush()
+        out.wait(r"load: cannot read the load 'ten amps'")
+        out.wait(r"load: off from t=")
+        m = out.wait(reading, count=12)
+        assert float(m.group(2)) < 0.1 and abs(float(m.group(3))) < 1.0
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+    assert proc.returncode == 0, proc.stderr.read()

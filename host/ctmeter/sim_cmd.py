@@ -4,18 +4,143 @@ collector on SQLite; prints the board's port, the dashboard URL and live reading
 
     ctmeter sim                      # real time, until Ctrl-C (what `make sim` runs)
     ctmeter sim --clock fast --duration 20     # simulated time as fast as it goes
+    ctmeter sim --load 2000W         # a steady reference load instead of the household
+
+The load can be changed while it runs, by lines typed on its standard input:
+    load 2000W          a resistive load of 2000 W (at the nominal 230 V)
+    load 8.5A           a resistive load of 8.5 A
+    load 900W pf 0.7    an inductive load (power factor 0.7)
+    load off            nothing on the circuit (the zero step of a calibration)
+    load profile        back to the simulated household
+    load                what is on now
+The change takes effect at the next samples the board reads (a calibration can
+"switch on the reference heater" this way, as tests do through `LoadControl`).
 """
 
 import json
+import queue
+import re
 import secrets
 import shutil
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
 
 from ctmeter.errors import CommandError
 from ctmeter.paths import ROOT
+from ctmeter.transport import EXIT_USAGE
+
+LOAD_HELP = ("type `load 2000W`, `load 8.5A`, `load 900W pf 0.7`, `load off` or "
+             "`load profile` (and Enter) to change the simulated load")
+_LOAD_RE = re.compile(r"^(?P<v>[0-9]*\.?[0-9]+)\s*(?P<u>w|a)(?:\s+pf\s*(?P<pf>[0-9]*\.?[0-9]+))?$",
+                      re.IGNORECASE)
+MAX_LOAD_A = 200.0  # the sensor model clips long before; a typo guard
+
+
+class LoadSpecError(CommandError):
+    def __init__(self, message):
+        super().__init__(message, "e.g. 2000W, 8.5A, 900W pf 0.7, off, profile", EXIT_USAGE)
+
+
+def parse_load(text, nominal_v=230.0):
+    """A load spec -> a model Load, None (off) or "profile"; LoadSpecError if unreadable."""
+    from ctmeter.model import Inductive, LoadError, Resistive
+
+    t = " ".join(str(text).split()).lower()
+    if t in ("off", "none", "0", "0w", "0a"):
+        return None
+    if t in ("profile", "household"):
+        return "profile"
+    m = _LOAD_RE.match(t)
+    if not m:
+        raise LoadSpecError(f"cannot read the load {text!r}")
+    value, unit = float(m["v"]), m["u"]
+    amps = value if unit == "a" else value / nominal_v
+    if not 0 < amps <= MAX_LOAD_A:
+        raise LoadSpecError(f"a load of {value:g} {unit.upper()} is not 0 < I <= "
+                            f"{MAX_LOAD_A:g} A")
+    size = {"irms": value} if unit == "a" else {"watts": value}
+    try:
+        if m["pf"] is not None:
+            return Inductive(pf=float(m["pf"]), **size)
+        return Resistive(**size)
+    except LoadError as exc:
+        raise LoadSpecError(str(exc)) from None
+
+
+def describe_load(load, nominal_v=230.0):
+    if load is None:
+        return "off"
+    if load == "profile":
+        return "the simulated household"
+    amps = load.irms if load.irms is not None else load.watts / nominal_v
+    pf = getattr(load, "pf", 1.0)
+    watts = load.watts if load.watts is not None else amps * nominal_v * pf
+    kind = f"inductive, pf {pf:g}" if pf != 1.0 else "resistive"
+    return f"{watts:.0f} W {kind} ({amps:.3f} A at {nominal_v:g} V)"
+
+
+class LoadControl:
+    """Changes what a Stream's channel draws, from the next samples the board reads on."""
+
+    def __init__(self, stream, channel=0):
+        self.stream = stream
+        self.channel = channel
+        self.profile = list(stream.channels[channel].profile.segments)  # the household
+        self.nominal_v = stream.mains.nominal_v
+        self.current = "profile"
+
+    def set(self, spec):
+        """Apply a spec (text or a parsed load); returns (time in s, description)."""
+        from ctmeter.model import StreamError
+
+        load = parse_load(spec, self.nominal_v) if isinstance(spec, str) else spec
+        for _ in range(50):  # the board may read past the chosen time meanwhile: retry
+            at = max(self.stream.horizon, 0.0)
+            try:
+                if load == "profile":
+                    self.stream.set_load(self.channel, None, at)
+                    for seg in self.profile:
+                        if seg.stop > at:
+                            self.stream.add_load(self.channel, seg.load, max(seg.start, at),
+                                                 seg.stop)
+                else:
+                    self.stream.set_load(self.channel, load, at)
+                break
+            except StreamError:
+                time.sleep(0.001)
+        else:
+            raise CommandError("could not change the simulated load (the board keeps "
+                               "reading ahead)")
+        self.current = load
+        return at, describe_load(load, self.nominal_v)
+
+    def handle(self, line):
+        """One typed line -> the reply to print (None for a blank line)."""
+        words = line.strip().split(None, 1)
+        if not words:
+            return None
+        if words[0].lower() != "load":
+            return f"unknown command {words[0]!r}: {LOAD_HELP}"
+        if len(words) == 1:
+            return f"load: {describe_load(self.current, self.nominal_v)}"
+        try:
+            at, text = self.set(words[1])
+        except CommandError as exc:
+            return f"load: {exc}"
+        return f"load: {text} from t={at:.1f} s"
+
+
+def _read_lines(stream, out):
+    """Put every line of `stream` on the queue `out` (None at EOF); runs in a thread."""
+    try:
+        for line in stream:
+            out.put(line)
+    except (OSError, ValueError):
+        pass
+    out.put(None)
 
 
 def register(subparsers):
@@ -33,6 +158,9 @@ def register(subparsers):
                    help="stop after this many seconds of wall time")
     p.add_argument("--seed", type=int, default=1, help="seed of the simulated household load")
     p.add_argument("--interval", type=int, default=10, help="reading interval (s)")
+    p.add_argument("--load", default="profile", metavar="SPEC",
+                   help="the simulated load at start: 2000W, 8.5A, 900W pf 0.7, off, or "
+                        "profile (the household, default); change it later on stdin")
     p.set_defaults(func=run)
 
 
@@ -53,6 +181,11 @@ def _get(url, token):
 def run(args):
     from ctmeter.virtual.meter import start_virtual_meter
 
+    stream = _stream(args.seed)
+    loads = LoadControl(stream)
+    start_load = parse_load(args.load, stream.mains.nominal_v)  # refused before anything runs
+    if start_load != "profile":
+        loads.set(start_load)
     work = Path(args.dir)
     if args.fresh and work.exists():
         shutil.rmtree(work)
@@ -77,7 +210,7 @@ def run(args):
                                hint="is the port in use? try --http 127.0.0.1:0") from exc
         overrides["http"] = {"enabled": True, "token": device_token,
                              "url": f"{collector.url}/api/measurements"}
-    board = start_virtual_meter(flash, _stream(args.seed), overrides, clock=args.clock,
+    board = start_virtual_meter(flash, stream, overrides, clock=args.clock,
                                 epoch=time.time())
     print(f"ctmeter sim: virtual board on {board.port} (try: mpremote connect {board.port})",
           flush=True)
@@ -89,12 +222,33 @@ def run(args):
         token_file.write_text(admin + "\n")
         print(f"ctmeter sim: dashboard {collector.dashboard_url} (admin token in {token_file})",
               flush=True)
+    print(f"ctmeter sim: load {describe_load(loads.current, loads.nominal_v)}; {LOAD_HELP}",
+          flush=True)
     print("ctmeter sim: Ctrl-C stops", flush=True)
+    lines = queue.Queue()
+    threading.Thread(target=_read_lines, args=(sys.stdin, lines), daemon=True).start()
     seen = set()
     start = time.monotonic()
+    next_poll = start + 1.0
     try:
         while args.duration is None or time.monotonic() - start < args.duration:
-            time.sleep(1.0)
+            wait = next_poll - time.monotonic()
+            if args.duration is not None:
+                wait = min(wait, start + args.duration - time.monotonic())
+            try:
+                line = lines.get(timeout=max(0.0, wait))
+            except queue.Empty:
+                line = ""
+            if line is None:  # stdin closed: keep running without it
+                lines = queue.Queue()
+            elif line:
+                reply = loads.handle(line)
+                if reply:
+                    print(reply, flush=True)
+                continue
+            if time.monotonic() < next_poll:
+                continue
+            next_poll = time.monotonic() + 1.0
             if board.feed.error:
                 raise CommandError(f"sensor feed failed: {board.feed.error}")
             if not collector:
