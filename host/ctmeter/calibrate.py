@@ -1,0 +1,893 @@
+# SPDX-License-Identifier: MIT
+"""Calibrate one current channel of a running meter against reference loads.
+
+    from ctmeter.meterlink import MeterLink
+    from ctmeter.calibrate import Session
+    with MeterLink.open("/dev/ttyUSB0") as link:
+        s = Session.start(link, channel=0, board="esp32")   # status, config, cal show
+        s.zero()                          # every load off: noise floor and bias code
+        s.point(true_amps=3.02)           # reference load 1 (clamp meter reading)
+        s.point(true_watts=3450, volts=231)   # a resistive load: A = W / V
+        s.point(true_amps=29.7)
+        fit = s.fit()                     # Calibration + residual per point; nothing sent
+        s.apply()                         # `cal apply <ch> <json>`, checked with `cal show`
+        s.validate(true_amps=14.9)        # the calibrated meter's `read` vs a reference
+        s.write_record("calibration/records")
+    s.save("session.json"); Session.load("session.json", link)   # step-by-step use
+
+The device measures, the host fits. `cal zero` / `cal point` return the channel's
+*uncalibrated* Irms over 25 windows (~5 s); `scope` captures of each point give its waveform.
+
+How the meter's error behaves, and what the fit determines
+----------------------------------------------------------
+measured Irms m of a true current I (resistive, i.e. sinusoid-like, load):
+
+    m = sqrt( N(g * I)^2 + n^2 )
+
+* g, the gain: CT ratio error, burden (or internal burden) tolerance, the bias divider and
+  the ESP32's Vref (1000-1200 mV, a straight gain on the nominal scale). One number.
+* n, the noise floor: ADC noise and quantization are uncorrelated with the signal and add
+  *in quadrature*, so the zero step's Irms is subtracted in quadrature (a linear offset would
+  be wrong at every current but one).
+* N, the ADC's top end: at 11 dB the ESP32 leaves its straight line above raw 2880
+  (`nonlinear_above_raw` in boards/*.json; Espressif's own calibration switches to a lookup
+  curve there). The half-cycles whose peaks pass that knee are stretched or squeezed, so
+  Irms deviates by up to several per cent at the rating of an SCT-013-030 - with a shape that
+  depends on the chip's Vref. The lower half of the swing stays far inside the linear range
+  (bias ~1.65 V, usable down to 150 mV), and a resistive load's current is half-wave
+  symmetric. So a capture of the highest point measures the transfer directly: over whole
+  half-cycles ("lobes", cut at the bias, complete within a contiguous run of the capture),
+  the level the upper lobes reach for c samples per half-cycle must mirror the level of the
+  lower lobes for the same c; where it does not, the difference is the ADC's deviation D(x)
+  at that code. Counting per half-cycle, not per sample, makes a wrong bias show as an
+  offset of the levels below the knee, which fixes the bias too. The gaps between the
+  capture's runs and the mains frequency do not matter. Pushing the linearised waveform,
+  scaled from 0 to 110 % of the top point, through x + D(x) gives N. Below the knee D is 0
+  by construction (the board file says where it may start).
+
+So a zero and 3 reference loads determine: n (zero), N (the top load's waveform), and g
+(least squares in relative error over all points). The points are not interpolated: the
+residual at each point is an honest check of the model, shown before anything is applied.
+(A table drawn straight through the points instead misses the knee's onset between them:
+1.5-4.7 % error between a 50 % and a 100 % point in the sensor model; this fit stays
+within 0.2 % from 10 to 100 % of rating over Vref 1000-1200 mV and +-5 % gain, and within
+0.13 % on the virtual board running the firmware: tests/test_calibrate.py.)
+Limits: N is computed for the reference load's waveform; a peaky load (SMPS, dimmer) of the
+same Irms reaches further into the knee, so its reading above ~60 % of rating is less exact.
+CT ratio changes with current (magnetising current, saturation) are not modelled: they show
+as residuals that trend with current.
+
+The result is a `meter.calib.Calibration` (the firmware's own module): the table maps
+measured -> linear Irms (noise removed in quadrature, top end straightened), `gain` scales it,
+`noise_floor` (half the noise Irms) makes no load read 0, `offset` is 0, `phase_deg` is kept
+from the previous calibration (a current-only session cannot measure it). The table is
+reduced until `cal apply <ch> <json>` fits the console's 240-byte line.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+from meter.calib import Calibration, CalibrationError
+
+from ctmeter import __version__
+from ctmeter import scope as scope_api
+from ctmeter.errors import CommandError
+from ctmeter.meterlink import MAX_LINE, MeterError
+from ctmeter.paths import CALIBRATION
+from ctmeter.transport import EXIT_DEVICE, EXIT_USAGE
+
+RECORDS = CALIBRATION / "records"
+SESSION_FORMAT = 1
+RECORD_FORMAT = 1
+
+CAL_WINDOWS = 25  # windows per `cal zero` / `cal point` on the device
+CAPTURE_CHUNK = 500  # codes per `scope` call: less than a window, so one contiguous run
+CAPTURE_CHUNKS = 4  # 2000 codes, ~25 mains cycles, per point
+MAX_POINTS = 8
+MIN_SEPARATION = 0.2  # two points closer than this (relative) add nothing
+RATIO_RANGE = (0.67, 1.5)  # reference / uncalibrated: beyond it the reference is wrong
+CONSISTENCY = 0.15  # a point's ratio vs the others' median
+ZERO_MAX_CODES = 10.0  # rms codes at "no load": above it a load is on
+NO_LOAD_NOISE = 5.0  # a point below 5 x the noise floor has no load on
+DEFAULT_NOISE_CODES = 2.0  # assumed when no zero step was done (for the no-load check)
+NOISE_FLOOR_FACTOR = 0.5  # noise_floor = 0.5 x noise Irms: no load reads 0
+KNEE_MARGIN = 32  # codes below the board's knee where the deviation may start
+BIN_CODES = 16  # the transfer's deviation is averaged over bins of this many codes
+ADC_MAX_CODE = 4095
+LOW_CODE = 16  # the lower half must stay above this code (ESP32 11 dB: ~150 mV)
+TOP_EXTENT = 1.1  # the table covers up to 110 % of the top point
+TABLE_TOLERANCE = 2e-4  # knots are dropped while the table stays within 0.02 %
+VOLTS_RANGE = (50.0, 400.0)
+AMPS_MAX = 1000.0
+WINDOW_S = 0.2  # one window: 10 mains cycles at 50 Hz
+NO_MEMORY_ERROR = "out of memory, line dropped"  # the meter's JSON answer to a dropped line
+NO_MEMORY_RETRIES = 3
+
+
+class CalibrateError(CommandError):
+    """A calibration step cannot go on; the message says why and what to do."""
+
+
+def _usage(message, hint=""):
+    return CalibrateError(message, hint, EXIT_USAGE)
+
+
+# ---------------------------------------------------------------- reference values
+
+_REF_RE = re.compile(
+    r"^\s*(?P<v1>[0-9]*\.?[0-9]+)\s*(?P<u1>a|amps?|w|watts?)?"
+    r"(?:\s*(?:@|at|,)?\s*(?P<v2>[0-9]*\.?[0-9]+)\s*(?P<u2>v|volts?))?\s*$", re.IGNORECASE)
+
+
+def reference_amps(true_amps=None, true_watts=None, volts=None):
+    """The reference current in A from a current, or from the power of a resistive load and
+    its voltage (A = W / V); CalibrateError (usage) on anything absurd."""
+    if true_amps is not None:
+        if true_watts is not None or volts is not None:
+            raise _usage("give either the current or the power and voltage, not both")
+        a = _positive("reference current", true_amps, "A")
+        if a > AMPS_MAX:
+            raise _usage(f"reference current {a:g} A is above {AMPS_MAX:g} A",
+                         "is it a power in W? then give the voltage too (--watts, --volts)")
+        return a
+    if true_watts is None:
+        raise _usage("no reference value", "give the current (--amps) or the power and "
+                     "voltage of a resistive load (--watts, --volts)")
+    w = _positive("reference power", true_watts, "W")
+    if volts is None:
+        raise _usage("a reference power needs its voltage",
+                     "a resistive load draws W / V amps: give --volts (the mains voltage)")
+    v = _positive("voltage", volts, "V")
+    if not VOLTS_RANGE[0] <= v <= VOLTS_RANGE[1]:
+        raise _usage(f"voltage {v:g} V is not a mains voltage "
+                     f"({VOLTS_RANGE[0]:g}-{VOLTS_RANGE[1]:g} V)")
+    return reference_amps(true_amps=w / v)
+
+
+def _positive(what, x, unit):
+    if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x) or x <= 0:
+        raise _usage(f"{what} must be a positive number of {unit}, got {x!r}")
+    return float(x)
+
+
+def parse_reference(text):
+    """`8.5`, `8.5A`, `2000W@230V`, `2000 W 231 V` -> dict for reference_amps()."""
+    m = _REF_RE.match(text or "")
+    if not m:
+        raise _usage(f"cannot read {text!r} as a reference",
+                     "type a current like 8.5 or 8.5A, or a power and voltage like 2000W@230V")
+    u1 = (m["u1"] or "a")[0].lower()
+    v1 = float(m["v1"])
+    if u1 == "a":
+        if m["v2"]:
+            raise _usage("a current takes no voltage", "type 8.5A, or 2000W@230V")
+        return {"true_amps": v1}
+    if not m["v2"]:
+        raise _usage("a power needs its voltage", "type it as 2000W@230V")
+    return {"true_watts": v1, "volts": float(m["v2"])}
+
+
+# ---------------------------------------------------------------- the ADC's top end
+
+
+@dataclass
+class Transfer:
+    """The ADC's deviation from its straight line above the knee, measured from a capture:
+    code(x) = x + D(x) with D given at codes `xs` (0 at xs[0], linear beyond xs[-1])."""
+
+    bias: float  # centre of the waveform (code)
+    knee: float  # where D may start (code)
+    xs: list = field(default_factory=list)
+    ds: list = field(default_factory=list)
+
+    @property
+    def linear(self):
+        return len(self.xs) < 2
+
+    def __call__(self, x):
+        x = np.asarray(x, dtype=np.float64)
+        if self.linear:
+            return x
+        xs, ds = np.asarray(self.xs), np.asarray(self.ds)
+        d = np.interp(x, xs, ds)
+        tail = x > xs[-1]
+        if tail.any():
+            k = max(0, len(xs) - 4)
+            slope = (ds[-1] - ds[k]) / (xs[-1] - xs[k]) if xs[-1] > xs[k] else 0.0
+            d = np.where(tail, ds[-1] + slope * (x - xs[-1]), d)
+        return x + np.where(x > xs[0], d, 0.0)
+
+    def inverse(self, y):
+        y = np.asarray(y, dtype=np.float64)
+        if self.linear:
+            return y
+        grid = np.linspace(self.xs[0], self.xs[-1] + 2048.0, 8192)
+        fwd = np.maximum.accumulate(self(grid))
+        return np.where(y > self.xs[0], np.interp(y, fwd, grid), y)
+
+
+def _lobes(chunk, bias, h):
+    """|code - bias| of the complete positive and negative half-cycles ("lobes") of one
+    contiguous chunk; samples within +-h of the bias are left out (noise would split lobes),
+    the first and last lobe may be cut by the chunk's ends and are dropped."""
+    y = chunk - bias
+    s = np.where(y > h, 1, np.where(y < -h, -1, 0))
+    idx = np.nonzero(s)[0]
+    pos, neg = [], []
+    if idx.size == 0:
+        return pos, neg
+    sv = s[idx]
+    groups = np.split(np.arange(idx.size), np.nonzero(np.diff(sv))[0] + 1)
+    for g in groups[1:-1]:
+        if sv[g[0]] > 0:
+            pos.append(y[idx[g]])
+        else:
+            neg.append(-y[idx[g]])
+    return pos, neg
+
+
+def measure_transfer(codes, knee, segments=None):
+    """Transfer from a capture of a half-wave symmetric (resistive) waveform made of
+    contiguous runs of `segments` codes (default: runs of CAPTURE_CHUNK). Over whole
+    half-cycles the upper lobes mirror the lower ones, level by level, except where the
+    ADC's top end bends them. `knee` None (no known nonlinear top): the identity."""
+    r = np.asarray(codes, dtype=np.float64)
+    if r.size < 200:
+        raise CalibrateError(f"capture too short ({r.size} codes)")
+    start = (knee - KNEE_MARGIN) if knee is not None else math.inf
+    bias = float(np.median(r))
+    amp = (np.percentile(r, 99.5) - np.percentile(r, 0.5)) / 2
+    if knee is None or r.max() < start:
+        return Transfer(bias, start if knee is not None else 0.0)
+    h = max(8.0, 0.05 * amp)
+    if not segments:
+        segments = [CAPTURE_CHUNK] * -(-r.size // CAPTURE_CHUNK)
+    runs = np.split(r, np.cumsum(segments)[:-1])
+    for _ in range(6):  # refine the bias: the lobes must agree below the knee
+        pos, neg = [], []
+        for run in runs:
+            a, b = _lobes(run, bias, h)
+            pos += a
+            neg += b
+        if len(pos) < 4 or len(neg) < 4:
+            raise CalibrateError("the capture has too few whole mains half-cycles",
+                                 "is the reference load on and steady?")
+        # level reached for c samples per half-cycle: counted per lobe, not per sample, so
+        # that a bias error (one side's lobes longer) shows as a difference of levels
+        top = np.sort(np.concatenate(pos))[::-1]
+        bot = np.sort(np.concatenate(neg))[::-1]
+        c = np.linspace(0.0, min(top.size / len(pos), bot.size / len(neg)), 801)[:-1]
+        tq = np.interp(c * len(pos), np.arange(top.size), top)
+        bq = np.interp(c * len(neg), np.arange(bot.size), bot)
+        lin = (bias + tq < start) & (c < 0.9 * c[-1])
+        if not lin.any():
+            raise CalibrateError("the waveform's centre is above the ADC's linear range",
+                                 "is the bias divider right? `ctmeter diag` checks it")
+        shift = float(np.median(tq[lin] - bq[lin])) / 2
+        bias += shift
+        if abs(shift) < 0.02:
+            break
+    x = bias + bq  # where the upper lobe would be on the straight line
+    d = tq - bq
+    sel = x > start
+    xs, ds = [start], [0.0]
+    if sel.any():
+        edges = np.arange(start, x[sel].max() + BIN_CODES, BIN_CODES)
+        idx = np.digitize(x[sel], edges)
+        for i in np.unique(idx):
+            m = idx == i
+            xs.append(float(x[sel][m].mean()))
+            ds.append(float(d[sel][m].mean()))
+    xs, ds = np.asarray(xs), np.asarray(ds)
+    keep = np.concatenate(([True], np.diff(xs) > 1e-6))
+    xs, ds = xs[keep], ds[keep]
+    ys = np.maximum.accumulate(xs + ds)  # a transfer is monotonic; noise is not
+    return Transfer(round(bias, 3), start, [round(float(v), 3) for v in xs],
+                    [round(float(v), 3) for v in ys - xs])
+
+
+def top_end_curve(codes, transfer, scale, extent=TOP_EXTENT, steps=240):
+    """(a, m) arrays: the linear Irms a of the capture's waveform scaled from 0 to `extent`
+    times itself, and the Irms m the meter computes after the ADC's top end (no noise)."""
+    r = np.asarray(codes, dtype=np.float64)
+    x = np.where(r > transfer.knee, transfer.inverse(r), r) if not transfer.linear else r
+    c = x - transfer.bias
+    s = np.linspace(0.0, extent, steps + 1)[1:]
+    a = np.empty(steps)
+    m = np.empty(steps)
+    for i, k in enumerate(s):
+        xk = transfer.bias + k * c
+        a[i] = np.std(xk)
+        m[i] = np.std(transfer(xk))
+    return np.concatenate(([0.0], a * scale)), np.concatenate(([0.0], m * scale))
+
+
+# ---------------------------------------------------------------- the fit
+
+
+@dataclass
+class Zero:
+    raw_irms: float  # A, uncalibrated, over the windows
+    rms_codes: float
+    windows: int
+    bias_code: float
+    min_code: int
+    max_code: int
+
+
+@dataclass
+class Point:
+    true_amps: float
+    raw_irms: float
+    windows: int
+    reference: dict  # what the user gave: {"amps": x} or {"watts": w, "volts": v}
+    codes: list = field(default_factory=list, repr=False)
+    min_code: int = 0
+    max_code: int = 0
+    segments: list = field(default_factory=list)  # contiguous runs of `codes`
+
+    @property
+    def ratio(self):
+        return self.true_amps / self.raw_irms if self.raw_irms > 0 else math.inf
+
+
+@dataclass
+class Fit:
+    calibration: Calibration
+    gain: float
+    noise_irms: float
+    transfer: Transfer
+    residuals: list  # per point: dict(true_amps, raw_irms, calibrated, error_pct)
+    table_error_pct: float  # worst deviation of the sent table from the exact curve
+
+    def to_dict(self):
+        return {
+            "method": "gain + noise in quadrature + ADC top end from the top point's "
+                      "waveform (upper half-cycles against the mirrored lower ones)",
+            "calibration": self.calibration.to_dict(), "gain": self.gain,
+            "noise_irms": self.noise_irms, "transfer": asdict(self.transfer),
+            "residuals": self.residuals, "table_error_pct": self.table_error_pct,
+        }
+
+
+def _fmt(x):
+    """x with 5 significant digits but at most 4 decimals (0.1 mA): short console lines."""
+    v = float(f"{x:.5g}")
+    v = round(v, 4)
+    return int(v) if v == int(v) and abs(v) < 1e6 else v
+
+
+def apply_line(channel, cal):
+    """The console line that sends `cal` to channel `channel` (0-based)."""
+    d = cal.to_dict()
+    body = {"gain": _fmt(d["gain"])}
+    if d["table"]:
+        body["table"] = [[_fmt(x), _fmt(y)] for x, y in d["table"]]
+    for key in ("offset", "phase_deg", "noise_floor"):
+        if d[key]:
+            body[key] = _fmt(d[key])
+    return f"cal apply {channel} " + json.dumps(body, separators=(",", ":"))
+
+
+def _candidates(a, m_total, noise, a_top, onset):
+    """Candidate knots (measured, linear): the noise region geometrically, the bend densely."""
+    hi = min(TOP_EXTENT * a_top, float(a[-1]))
+    want = [0.0]
+    if noise > 0:
+        want += list(np.geomspace(0.3 * noise, max(0.05 * a_top, 0.6 * noise), 24))
+    if onset is not None and onset < hi:
+        want += list(np.linspace(0.05 * a_top, onset, 6)) + list(np.linspace(onset, hi, 40))
+    else:
+        want += list(np.linspace(0.05 * a_top, hi, 6))
+    want = np.unique(np.clip(want, 0.0, hi))
+    ms = np.interp(want, a, m_total)
+    keep = np.concatenate(([True], np.diff(ms) > 1e-5 * max(ms[-1], 1e-9)))
+    return ms[keep], want[keep]
+
+
+def _optimal_table(cm, ca, m_eval, a_eval, floor, fits):
+    """The fewest knots (from the candidates, ends included) within TABLE_TOLERANCE that
+    fit the line, else the most accurate table that fits (min-max error, dynamic
+    programming over the candidates)."""
+    n = len(cm)
+    w = np.maximum(a_eval, floor)
+    err = np.full((n, n), np.inf)
+    pos = np.searchsorted(m_eval, cm)
+    for i in range(n - 1):
+        for j in range(i + 1, n):
+            lo, hi_ = pos[i], pos[j]
+            if hi_ <= lo:
+                err[i, j] = 0.0
+                continue
+            mm = m_eval[lo:hi_]
+            y = ca[i] + (mm - cm[i]) * ((ca[j] - ca[i]) / (cm[j] - cm[i]))
+            err[i, j] = float(np.max(np.abs(y - a_eval[lo:hi_]) / w[lo:hi_]))
+    best = np.full(n, np.inf)  # best[j]: min max error of a table from knot 0 to j
+    best[0] = 0.0
+    parents = []
+    chosen = None
+    for _k in range(2, n + 1):
+        cand = np.maximum(best[:, None], err)  # [i, j]
+        parent = np.argmin(cand, axis=0)
+        best = cand[parent, np.arange(n)]
+        parents.append(parent)
+        path = [n - 1]
+        for par in reversed(parents):
+            path.append(int(par[path[-1]]))
+        path = path[::-1]
+        knots = [(float(cm[i]), float(ca[i])) for i in path]
+        if not fits(knots):
+            break
+        chosen = (knots, float(best[n - 1]))
+        if best[n - 1] <= TABLE_TOLERANCE:
+            break
+    if chosen is None:
+        raise CalibrateError("the calibration table does not fit the console's line")
+    return chosen
+
+
+def fit_points(points, zero=None, amps_per_count=None, knee=None, phase_deg=0.0,
+               channel=0, max_line=MAX_LINE):
+    """The Fit for reference `points` (and the `zero` step, if done) - pure, no device."""
+    if not points:
+        raise CalibrateError("no reference points to fit", "measure at least one reference "
+                             "load (`point`), better three: ~10 %, ~50 % and ~100 % of rating")
+    noise = zero.raw_irms if zero is not None else 0.0
+    top = max(points, key=lambda p: (p.max_code, p.raw_irms))
+    scale = amps_per_count
+    if scale is None and zero is not None and zero.rms_codes > 0:
+        scale = zero.raw_irms / zero.rms_codes
+    transfer = Transfer(0.0, 0.0)
+    if top.codes and scale and knee is not None:
+        if min(top.codes) < LOW_CODE:
+            raise CalibrateError("the top point's waveform reaches the bottom of the ADC",
+                                 "use a smaller top load; the mirror of the lower half "
+                                 "is needed to measure the top end")
+        transfer = measure_transfer(top.codes, knee, top.segments)
+    if not transfer.linear:
+        a, m = top_end_curve(top.codes, transfer, scale)
+    else:
+        a = m = np.linspace(0.0, max(p.raw_irms for p in points) * TOP_EXTENT, 64)
+    m_total = np.sqrt(m * m + noise * noise)
+
+    def linear_of(meas):  # measured -> linear Irms (before gain)
+        return np.interp(meas, m_total, a, left=0.0)
+
+    lin = np.array([float(linear_of(p.raw_irms)) for p in points])
+    true = np.array([p.true_amps for p in points])
+    q = lin / true
+    gain = float(np.sum(q) / np.sum(q * q))  # least squares in relative error
+    if not 0.01 < gain <= 100:
+        raise CalibrateError(f"the fitted gain {gain:g} is absurd", "check the reference values")
+    a_top = float(linear_of(top.raw_irms))
+    onset = None
+    if not transfer.linear:
+        bend = np.nonzero(np.abs(m[1:] / a[1:] - 1) > 2e-5)[0]
+        onset = float(a[1:][bend[0] - 1]) if bend.size and bend[0] > 0 else None
+    floor = _fmt(NOISE_FLOOR_FACTOR * noise * gain)
+
+    def make(knots):
+        table = [[_fmt(x), _fmt(y)] for x, y in knots]
+        return Calibration(gain=_fmt(gain), table=table, phase_deg=_fmt(phase_deg),
+                           noise_floor=floor)
+
+    def fits(knots):
+        try:
+            return len(apply_line(channel, make(knots)).encode()) <= max_line
+        except CalibrationError:  # knots rounded onto each other
+            return False
+
+    table_err = 0.0
+    if noise > 0 or onset is not None:
+        cm, ca = _candidates(a, m_total, noise, a_top, onset)
+        m_eval = np.linspace(cm[0], cm[-1], 1500)[1:]
+        if noise > 0:  # just above the noise the curve is vertical: judge from 1.2 n on
+            m_eval = m_eval[m_eval >= 1.2 * noise]
+        a_eval = np.interp(m_eval, m_total, a)
+        knots, table_err = _optimal_table(cm, ca, m_eval, a_eval,
+                                          max(3 * noise, 0.1 * a_top), fits)
+        cal = make(knots)
+    else:
+        cal = Calibration(gain=_fmt(gain), phase_deg=_fmt(phase_deg))
+    residuals = []
+    for p in points:
+        got = cal.apply(p.raw_irms)
+        residuals.append({"true_amps": p.true_amps, "raw_irms": p.raw_irms,
+                          "calibrated": round(got, 6),
+                          "error_pct": round(100 * (got / p.true_amps - 1), 4)})
+    return Fit(cal, gain, noise, transfer, residuals, round(100 * table_err, 4))
+
+
+# ---------------------------------------------------------------- the session
+
+
+def _now():
+    return datetime.now(UTC).replace(microsecond=0).isoformat()
+
+
+def _sensor_rating(sensor):
+    """The rated current of a sensor named in the meter's config (None if unknown)."""
+    from ctmeter.model.profiles import ProfileError, load_profile, profile_names
+
+    def norm(s):
+        return re.sub(r"[^a-z0-9]", "", str(s).lower())
+
+    for name in profile_names():
+        if norm(name) == norm(sensor):
+            try:
+                return load_profile(name).rating
+            except ProfileError:
+                return None
+    return None
+
+
+def _board_knee(board):
+    from ctmeter.boards import load_board
+
+    return load_board(board).raw.get("nonlinear_above_raw")
+
+
+class Session:
+    """One channel's calibration session (see the module doc). Methods that talk to the
+    meter need `link` (a MeterLink); fit() and the records do not."""
+
+    def __init__(self, link=None, *, channel=0, device=None, version=None, sensor=None,
+                 rating=None, amps_per_count=None, board="esp32", knee=None,
+                 previous=None, progress=None):
+        self.link = link
+        self.channel = int(channel)
+        self.device = device
+        self.version = version
+        self.sensor = sensor
+        self.rating = rating
+        self.amps_per_count = amps_per_count
+        self.board = board
+        self.knee = knee
+        self.previous = previous or {}
+        self.zero_step = None
+        self.points = []
+        self.applied = None  # {"date", "calibration"} once sent to the meter
+        self.validations = []
+        self.started = _now()
+        self.record_path = None
+        self.progress = progress or (lambda label, seconds: nullcontext())
+        self.warnings = []
+
+    # -- setup
+    @classmethod
+    def start(cls, link, channel=0, board="esp32", rating=None, progress=None):
+        knee = _board_knee(board)  # an unknown board is refused before the meter is asked
+        status = link.cmd("status")
+        chans = link.cmd("config get channels").get("channels")
+        if not isinstance(chans, list) or not chans:
+            raise CalibrateError("the meter reported no channels", exit_code=EXIT_DEVICE)
+        if not 0 <= channel < len(chans):
+            raise _usage(f"the meter has no channel {channel + 1} "
+                         f"(it has {len(chans)}: 1..{len(chans)})")
+        ch = chans[channel]
+        sensor = ch.get("sensor")
+        shown = link.cmd("cal show").get(f"ch{channel + 1}") or {}
+        s = cls(link, channel=channel, device=status.get("device"),
+                version=status.get("version"), sensor=sensor,
+                rating=rating if rating is not None else _sensor_rating(sensor),
+                amps_per_count=ch.get("amps_per_count"), board=board,
+                knee=knee, previous=shown, progress=progress)
+        return s
+
+    def check_device(self):
+        """The link's meter is this session's meter, its channel scale unchanged."""
+        status = self.link.cmd("status")
+        if status.get("device") != self.device:
+            raise CalibrateError(
+                f"this session is for meter {self.device!r}, the port has {status.get('device')!r}",
+                "use the right --port, or start a new session (`ctmeter calibrate start`)")
+        chans = self.link.cmd("config get channels").get("channels") or []
+        if self.channel >= len(chans) or \
+                chans[self.channel].get("amps_per_count") != self.amps_per_count:
+            raise CalibrateError("the channel's configuration changed since the session "
+                                 "started", "start a new session")
+
+    @property
+    def ch_name(self):
+        return f"ch{self.channel + 1}"
+
+    def _cmd(self, line, label=None, seconds=None):
+        if self.link is None:
+            raise CalibrateError("this step needs the meter: no link open")
+        with self.progress(label, seconds) if label else nullcontext():
+            for attempt in range(NO_MEMORY_RETRIES + 1):
+                try:
+                    return self.link.cmd(line)
+                except MeterError as exc:
+                    # a line the meter dropped for lack of heap was not run: send it again
+                    # (MeterLink resends only the human-mode form of that answer)
+                    if exc.error != NO_MEMORY_ERROR or attempt == NO_MEMORY_RETRIES:
+                        raise
+                    time.sleep(0.3)
+        raise AssertionError("unreachable")
+
+    def _capture(self):
+        """CAPTURE_CHUNKS captures of CAPTURE_CHUNK codes (ctmeter.scope): (codes, runs)."""
+        # the channels are all capture() needs (the whole config may not fit the heap)
+        cfg = {"channels": self._cmd("config get channels").get("channels") or [],
+               "device_id": self.device}
+        codes, runs = [], []
+        for _ in range(CAPTURE_CHUNKS):
+            cap = scope_api.capture(self.link, self.channel, CAPTURE_CHUNK, board=self.board,
+                                    cfg=cfg)
+            codes += [int(c) for c in cap.codes]
+            runs += cap.segments or [len(cap.codes)]
+        return codes, runs
+
+    @property
+    def noise(self):
+        if self.zero_step is not None:
+            return self.zero_step.raw_irms
+        return DEFAULT_NOISE_CODES * (self.amps_per_count or 0.0)
+
+    # -- steps
+    def zero(self):
+        """No load: the noise floor (raw Irms) and the bias code of the channel."""
+        ans = self._cmd(f"cal zero {self.channel}", "measuring with no load",
+                        CAL_WINDOWS * WINDOW_S)
+        adc = self._cmd("adc").get(f"in{self.channel}") or {}
+        z = Zero(float(ans["raw_irms"]), float(ans["rms_codes"]), int(ans["windows"]),
+                 float(adc.get("mean", 0.0)), int(adc.get("min", 0)), int(adc.get("max", 0)))
+        if z.rms_codes > ZERO_MAX_CODES:
+            raise CalibrateError(
+                f"{self.ch_name} is not at zero: it measures {z.raw_irms:.3g} A "
+                f"({z.rms_codes:.1f} codes rms; the ADC's noise alone is ~2)",
+                "switch off every load on the circuit the CT clamps (or take the CT off "
+                "the cable), then run the zero step again")
+        if z.rms_codes < 0.1:
+            self.warnings.append(f"{self.ch_name} reads a constant code ({z.bias_code:.0f}): "
+                                 "is the input floating or shorted? (`ctmeter diag`)")
+        self.zero_step = z
+        return z
+
+    def point(self, true_amps=None, true_watts=None, volts=None, replace=None):
+        """One reference load: measure the uncalibrated Irms and the waveform."""
+        amps = reference_amps(true_amps, true_watts, volts)
+        ref = {"amps": amps} if true_amps is not None else {"watts": true_watts, "volts": volts}
+        if replace is not None and not 1 <= replace <= len(self.points):
+            raise _usage(f"no point {replace} to replace (points: 1..{len(self.points)})")
+        if replace is None and len(self.points) >= MAX_POINTS:
+            raise _usage(f"at most {MAX_POINTS} points", "replace one (--replace N)")
+        ans = self._cmd(f"cal point {self.channel} {amps:.6g}", "measuring the reference load",
+                        CAL_WINDOWS * WINDOW_S)
+        raw = float(ans["raw_irms"])
+        n = self.noise
+        if raw < NO_LOAD_NOISE * n:
+            raise CalibrateError(
+                f"no load on {self.ch_name}: it measures {raw:.3g} A, its noise level",
+                "is the reference load switched on, and does the CT clamp ONE conductor "
+                "(live or neutral, not the whole cable) of that circuit?")
+        codes, runs = self._capture()
+        p = Point(amps, raw, int(ans["windows"]), ref, codes, min(codes), max(codes), runs)
+        if p.max_code >= ADC_MAX_CODE or p.min_code <= 0:
+            raise CalibrateError(
+                f"the ADC clips at this load ({raw:.3g} A uncalibrated; codes reach "
+                f"{p.min_code if p.min_code <= 0 else p.max_code})",
+                "the load is beyond what this sensor and burden can measure: use a smaller one")
+        if not RATIO_RANGE[0] <= p.ratio <= RATIO_RANGE[1]:
+            raise CalibrateError(
+                f"the reference ({amps:.4g} A) and the meter ({raw:.4g} A, uncalibrated) "
+                f"differ by a factor of {p.ratio:.3g}",
+                "check the value and its unit (A, or W with the voltage), the channel "
+                "(--channel), the sensor in the meter's config, and that the CT clamps the "
+                "reference load's conductor")
+        others = [q for i, q in enumerate(self.points) if replace is None or i != replace - 1]
+        for q in others:
+            if abs(q.raw_irms - raw) < MIN_SEPARATION * max(q.raw_irms, raw):
+                k = self.points.index(q) + 1
+                raise CalibrateError(
+                    f"this load ({raw:.3g} A) is within {100 * MIN_SEPARATION:.0f} % of point {k} "
+                    f"({q.raw_irms:.3g} A): a second point there adds nothing",
+                    f"use a load at least {100 * MIN_SEPARATION:.0f} % bigger or smaller, or "
+                    f"replace point {k} (--replace {k})")
+        if others:
+            med = float(np.median([q.ratio for q in others]))
+            if abs(p.ratio / med - 1) > CONSISTENCY:
+                raise CalibrateError(
+                    f"this point's reference/meter ratio {p.ratio:.3f} disagrees with the "
+                    f"other points' {med:.3f}",
+                    "a typo, a load that changed while measuring, or another unit (W vs A)?")
+        if self.rating and amps > 1.2 * self.rating:
+            self.warnings.append(f"{amps:.3g} A is above 120 % of the sensor's rating "
+                                 f"({self.rating:g} A)")
+        if self.rating and amps < 0.05 * self.rating:
+            self.warnings.append(f"{amps:.3g} A is below 5 % of the rating: the gain is best "
+                                 "measured with bigger loads")
+        if replace is not None:
+            self.points[replace - 1] = p
+        else:
+            self.points.append(p)
+        return p
+
+    def fit(self):
+        return fit_points(self.points, self.zero_step, self.amps_per_count, self.knee,
+                          phase_deg=float(self.previous.get("phase_deg", 0.0) or 0.0),
+                          channel=self.channel)
+
+    def apply(self, fit=None):
+        """Send the fitted calibration; verify with `cal show`. Returns the Fit."""
+        fit = fit or self.fit()
+        line = apply_line(self.channel, fit.calibration)
+        self._cmd(line)
+        shown = self._cmd("cal show").get(self.ch_name) or {}
+        if not _same_calibration(shown, fit.calibration.to_dict()):
+            raise CalibrateError(f"the meter shows another calibration than the one sent: "
+                                 f"{shown}", exit_code=EXIT_DEVICE)
+        self.applied = {"date": _now(), "calibration": fit.calibration.to_dict(),
+                        "fit": fit.to_dict()}
+        return fit
+
+    def validate(self, true_amps=None, true_watts=None, volts=None, reads=6, settle=2,
+                 timeout=60.0):
+        """The calibrated meter's `read` (`reads` windows after `settle` skipped ones) against
+        a reference; the result is kept for the record."""
+        amps = reference_amps(true_amps, true_watts, volts)
+        values = []
+        seen = None
+        skipped = 0
+        deadline = time.monotonic() + timeout
+        with self.progress("reading the calibrated meter", (reads + settle) * WINDOW_S):
+            while len(values) < reads:
+                if time.monotonic() > deadline:
+                    raise CalibrateError("the meter's readings did not advance",
+                                         exit_code=EXIT_DEVICE)
+                r = self._cmd("read")
+                up = r.get("uptime_ms")
+                if up == seen:
+                    time.sleep(0.02)
+                    continue
+                seen = up
+                if skipped < settle:
+                    skipped += 1
+                    continue
+                ch = r.get(self.ch_name)
+                if not isinstance(ch, dict):
+                    raise CalibrateError(f"the meter's read has no {self.ch_name}",
+                                         exit_code=EXIT_DEVICE)
+                values.append(float(ch["irms"]))
+        got = math.sqrt(sum(v * v for v in values) / len(values))
+        if got == 0.0:
+            raise CalibrateError(f"the calibrated meter reads 0 A on {self.ch_name}",
+                                 "is the reference load on?")
+        spread = (max(values) - min(values)) / got
+        v = {"true_amps": amps, "meter_amps": round(got, 5),
+             "error_pct": round(100 * (got / amps - 1), 3), "windows": len(values),
+             "spread_pct": round(100 * spread, 3), "date": _now()}
+        if spread > 0.02:
+            self.warnings.append(f"the readings varied by {100 * spread:.1f} %: was the load "
+                                 "steady?")
+        self.validations.append(v)
+        return v
+
+    # -- persistence
+    def to_dict(self):
+        return {
+            "format": SESSION_FORMAT, "kind": "ctmeter-calibration-session",
+            "tool": f"ctmeter {__version__}", "started": self.started,
+            "device": {"id": self.device, "version": self.version},
+            "channel": self.channel + 1, "sensor": self.sensor, "rating": self.rating,
+            "amps_per_count": self.amps_per_count, "board": self.board, "knee": self.knee,
+            "previous_calibration": self.previous,
+            "zero": asdict(self.zero_step) if self.zero_step else None,
+            "points": [asdict(p) for p in self.points],
+            "applied": self.applied, "validations": self.validations,
+            "record": str(self.record_path) if self.record_path else None,
+        }
+
+    def save(self, path):
+        _write_json(Path(path), self.to_dict())
+
+    @classmethod
+    def from_dict(cls, d, link=None, progress=None):
+        try:
+            if d.get("format") != SESSION_FORMAT or \
+                    d.get("kind") not in ("ctmeter-calibration-session",
+                                          "ctmeter-calibration-record"):
+                raise ValueError("not a calibration session")
+            s = cls(link, channel=int(d["channel"]) - 1, device=d["device"]["id"],
+                    version=d["device"].get("version"), sensor=d.get("sensor"),
+                    rating=d.get("rating"), amps_per_count=d.get("amps_per_count"),
+                    board=d.get("board", "esp32"), knee=d.get("knee"),
+                    previous=d.get("previous_calibration") or {}, progress=progress)
+            s.started = d.get("started", s.started)
+            s.zero_step = Zero(**d["zero"]) if d.get("zero") else None
+            s.points = [Point(**p) for p in d.get("points", [])]
+            s.applied = d.get("applied")
+            s.validations = list(d.get("validations") or [])
+            s.record_path = Path(d["record"]) if d.get("record") else None
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise CalibrateError(f"not a usable calibration session ({exc})") from None
+        return s
+
+    @classmethod
+    def load(cls, path, link=None, progress=None):
+        try:
+            d = json.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise _usage(f"no session file {path}",
+                         "start one with `ctmeter calibrate start --port ...`") from None
+        except (OSError, ValueError) as exc:
+            raise CalibrateError(f"cannot read session file {path}: {exc}") from None
+        return cls.from_dict(d, link, progress)
+
+    # -- the record
+    def record(self):
+        """The record of what was applied: device, sensor, points, fit, residuals, date."""
+        if self.applied is None:
+            raise CalibrateError("nothing applied yet: a record describes an applied "
+                                 "calibration", "run `apply` first")
+        d = self.to_dict()
+        d["kind"] = "ctmeter-calibration-record"
+        d["date"] = self.applied["date"]
+        d["fit"] = self.applied["fit"]
+        d["calibration"] = self.applied["calibration"]
+        d["residuals"] = self.applied["fit"]["residuals"]
+        d.pop("record", None)
+        return d
+
+    def write_record(self, records_dir=RECORDS):
+        """Write (or rewrite, after validations) the record; returns its path."""
+        d = self.record()
+        if self.record_path is None:
+            stamp = d["date"].replace("-", "").replace(":", "").replace("+0000", "")
+            stamp = stamp.split("+")[0]
+            name = f"{self.device}-{self.ch_name}-{stamp}.json"
+            self.record_path = Path(records_dir) / re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+        _write_json(self.record_path, d)
+        return self.record_path
+
+
+def _same_calibration(shown, sent, rel=1e-5):
+    try:
+        a = Calibration.from_dict(shown).to_dict()
+    except CalibrationError:
+        return False
+    b = sent
+
+    def close(x, y):
+        if isinstance(x, list):
+            return isinstance(y, list) and len(x) == len(y) and all(map(close, x, y))
+        return abs(x - y) <= rel * max(abs(x), abs(y), 1e-9)
+
+    return all(close(a[k], b[k]) for k in b)
+
+
+def _write_json(path, data):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    tmp.replace(path)
+
+
+def load_record(path):
+    """A calibration record as a dict, its "calibration" checked by meter.calib."""
+    try:
+        d = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise CalibrateError(f"cannot read record {path}: {exc}") from None
+    if not isinstance(d, dict) or d.get("kind") != "ctmeter-calibration-record" or \
+            d.get("format") != RECORD_FORMAT:
+        raise CalibrateError(f"{path} is not a ctmeter calibration record")
+    for key in ("device", "channel", "sensor", "points", "fit", "residuals", "date", "tool",
+                "calibration"):
+        if key not in d:
+            raise CalibrateError(f"record {path} has no {key!r}")
+    try:
+        Calibration.from_dict(d["calibration"])
+    except CalibrationError as exc:
+        raise CalibrateError(f"record {path}: {exc}") from None
+    return d
