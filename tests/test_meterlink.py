@@ -15,7 +15,7 @@ import time
 import pytest
 import serial
 from ctmeter.errors import CommandError
-from ctmeter.meterlink import NO_MEMORY_LINE, MeterError, MeterLink, command_name
+from ctmeter.meterlink import NO_MEMORY_ERROR, NO_MEMORY_LINE, MeterError, MeterLink, command_name
 from ctmeter.model import Channel, Frontend, Mains, Resistive, Stream
 from ctmeter.transport import EXIT_DEVICE, EXIT_PORT, EXIT_USAGE, DeviceError, PortError
 from ctmeter.virtual.meter import start_virtual_meter
@@ -44,7 +44,7 @@ def raw_mode(port, timeout=20):
             buf += ser.read(256)
             for line in buf.split(b"\n"):
                 line = line.strip()
-                if line == NO_MEMORY_LINE.encode():  # the meter dropped it: type it again
+                if NO_MEMORY_ERROR.encode() in line:  # the meter dropped it: type it again
                     buf = b""
                     time.sleep(0.3)
                     ser.write(b"mode\r\n")
@@ -110,8 +110,9 @@ def test_busy_meter_long_commands(board):
         seen = []
         zero = link.cmd("cal zero 0")  # 25 windows of measurement before the answer
         assert zero["windows"] == 25 and zero["ch"] == 0
-        scope = link.cmd("scope 0 1000", progress=seen.append)
-        assert scope["n"] == 1000 and len(scope["codes"]) == 1000
+        # (400: larger answers may not fit the virtual board's heap, see ctmeter.scope)
+        scope = link.cmd("scope 0 400", progress=seen.append)
+        assert scope["n"] == 400 and len(scope["codes"]) == 400
         assert seen and seen[-1] >= len(link.last_line)  # bytes counted as they arrived
         assert link.cmd("status")["windows"] > 0
 
@@ -251,8 +252,8 @@ def test_line_dropped_for_lack_of_memory_is_sent_again():
         tries[line] += 1
         if line == "status" and tries[line] < 3:
             return NO_MEMORY_LINE.encode() + b"\r\n"
-        if line == "read":
-            return NO_MEMORY_LINE.encode() + b"\n"
+        if line == "read":  # the JSON form of the notice
+            return b'{"ok": false, "error": "out of memory, line dropped"}\n'
         return b'{"ok": true, "cmd": "status", "n": 1}\n'
 
     link = MeterLink(ScriptedPort(meter), "fake", timeout=5)

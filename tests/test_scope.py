@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from ctmeter import scope
-from ctmeter.meterlink import MeterError, MeterLink
+from ctmeter.meterlink import MeterError, MeterLink, OutOfMemory
 from ctmeter.model import Channel, Frontend, Mains, Resistive, Stream
 from ctmeter.transport import EXIT_DEVICE, EXIT_USAGE
 from ctmeter.virtual.meter import start_virtual_meter
@@ -115,13 +115,14 @@ def test_bad_arguments(meter, tmp_path):
 
 
 class PieceMeter:
-    """A MeterLink stand-in whose meter runs out of heap above 300 codes."""
+    """A MeterLink stand-in whose meter runs out of heap above 300 codes (in the handler
+    above 500, while printing the answer above 300)."""
 
     def __init__(self):
         self.asked = []
         self.k = 0
 
-    def cmd(self, line, progress=None):
+    def cmd(self, line, progress=None, retries=3):
         if line == "config get":
             return {"device_id": "f", "sample_rate_hz": 4000, "mains_hz": "auto",
                     "nominal_voltage": 120.0, "voltage": None,
@@ -129,8 +130,10 @@ class PieceMeter:
         _, _, n = line.split()
         n = int(n)
         self.asked.append(n)
+        if n > 500:
+            raise MeterError("scope", "internal error: MemoryError")  # in the handler
         if n > 300:
-            raise MeterError("scope", "internal error: MemoryError")
+            raise OutOfMemory("dropped")  # building the answer line: the line was dropped
         codes = [2000 + (self.k + i) % 7 for i in range(n)]
         self.k += n
         if progress:
@@ -155,7 +158,7 @@ def test_capture_in_pieces_when_the_meter_runs_out_of_heap(tmp_path):
 
 def test_other_device_errors_are_not_retried():
     class Refusing(PieceMeter):
-        def cmd(self, line, progress=None):
+        def cmd(self, line, progress=None, retries=3):
             if line.startswith("scope"):
                 raise MeterError("scope", "n: must be 1..2000")
             return super().cmd(line)

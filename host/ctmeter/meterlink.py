@@ -57,9 +57,11 @@ _READ_SLICE_S = 0.05  # how long one serial read may block while waiting for an 
 # `mode` is asked again after this long without an answer (a board reset by opening its port
 # misses lines until its console is up: see _handshake)
 _HANDSHAKE_S = 5.0
-# A meter short of heap drops a line with this constant (human text, in JSON mode too); the
-# line was not run, so it is sent again after a pause, at most _NO_MEMORY_RETRIES times.
-NO_MEMORY_LINE = "error: out of memory, line dropped"
+# A meter short of heap drops a line and says so with a constant: this human line, or in
+# JSON mode {"ok": false, "error": NO_MEMORY_ERROR} (no "cmd"). The line was not run, so it
+# is sent again after a pause, at most _NO_MEMORY_RETRIES times.
+NO_MEMORY_ERROR = "out of memory, line dropped"
+NO_MEMORY_LINE = "error: " + NO_MEMORY_ERROR
 _NO_MEMORY_RETRIES = 3
 _NO_MEMORY_PAUSE_S = 0.3
 _RESTORE_S = 5.0  # waiting for the answer to the restoring `mode human` on close
@@ -76,6 +78,10 @@ class MeterError(CommandError):
         self.command = command
         self.error = error
         self.answer = answer or {}
+
+
+class OutOfMemory(tp.DeviceError):
+    """The meter dropped the command for lack of heap, every time it was sent."""
 
 
 def command_name(line: str) -> str:
@@ -183,7 +189,7 @@ class MeterLink:
             retry_at = min(deadline, time.monotonic() + _HANDSHAKE_S)
             while True:
                 got = self._readline(retry_at)
-                if got is None or got == NO_MEMORY_LINE:
+                if got is None or _dropped(got):
                     if got is not None:
                         time.sleep(_NO_MEMORY_PAUSE_S)
                     break  # ask again
@@ -205,16 +211,20 @@ class MeterLink:
         return None
 
     # ---------------------------------------------------------------- commands
-    def cmd(self, line: str, timeout: float | None = None, progress=None) -> dict:
+    def cmd(self, line: str, timeout: float | None = None, progress=None,
+            retries: int = _NO_MEMORY_RETRIES) -> dict:
         """The meter's answer to `line` without "ok"/"cmd"; MeterError on {"ok": false}."""
-        answer = self.cmd_raw(line, timeout, progress)
+        answer = self.cmd_raw(line, timeout, progress, retries)
         if not answer.get("ok"):
             raise MeterError(command_name(line), str(answer.get("error") or "failed"), answer)
         return {k: v for k, v in answer.items() if k not in ("ok", "cmd")}
 
-    def cmd_raw(self, line: str, timeout: float | None = None, progress=None) -> dict:
+    def cmd_raw(self, line: str, timeout: float | None = None, progress=None,
+                retries: int = _NO_MEMORY_RETRIES) -> dict:
         """The meter's whole answer to `line` (ok, cmd, error included); never raises on
-        {"ok": false}. `progress(nbytes)` is called as the answer's bytes arrive."""
+        {"ok": false}. `progress(nbytes)` is called as the answer's bytes arrive; a line the
+        meter dropped for lack of memory is sent again up to `retries` times, then
+        OutOfMemory."""
         text = check_line(line)
         name = command_name(text)
         names = _answers_to(text)
@@ -236,12 +246,12 @@ class MeterLink:
             if line_in is None:
                 raise _timeout_error(name, self.port, seconds)
             received += len(line_in) + 1
-            if line_in == NO_MEMORY_LINE:
+            if _dropped(line_in):
                 dropped += 1
-                if dropped > _NO_MEMORY_RETRIES:
-                    raise tp.DeviceError(f"the meter is out of memory: `{name}` dropped "
-                                         f"{dropped} times", "its heap is too small or "
-                                         "fragmented: see `ctmeter diag` (heap), reboot it")
+                if dropped > retries:
+                    raise OutOfMemory(f"the meter is out of memory: `{name}` dropped "
+                                      f"{dropped} times", "its heap is too small or "
+                                      "fragmented: see `ctmeter diag` (heap), reboot it")
                 time.sleep(_NO_MEMORY_PAUSE_S)
                 self._send(text)
                 continue
@@ -363,6 +373,14 @@ class MeterLink:
         return tp.DeviceError(f"no meter console answered `{what}` on {self.port}",
                               "is the meter running (ctmeter deploy) and this its port? "
                               "a board in the REPL does not answer")
+
+
+def _dropped(line):
+    """True for the meter's "out of memory, line dropped" notice, human or JSON."""
+    if line == NO_MEMORY_LINE:
+        return True
+    msg = _json_answer(line) if line.startswith('{"ok": false') else None
+    return msg is not None and "cmd" not in msg and msg.get("error") == NO_MEMORY_ERROR
 
 
 def _json_answer(line):

@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from ctmeter.errors import CommandError
-from ctmeter.meterlink import MeterError, firmware_const
+from ctmeter.meterlink import MeterError, OutOfMemory, firmware_const
 from ctmeter.transport import EXIT_DEVICE, EXIT_USAGE
 
 MAX_SCOPE = firmware_const("MAX_SCOPE", 2000)  # the meter's limit per `scope` command
@@ -158,10 +158,12 @@ def capture(link, inp: int, n: int = DEFAULT_N, board: str = "esp32", cfg: dict 
                 progress(min(base + nbytes, n * _BYTES_PER_CODE), n * _BYTES_PER_CODE)
 
         try:
-            answer = link.cmd(f"scope {inp} {want}", progress=report)
-        except MeterError as exc:
+            # a line dropped for lack of heap is sent again once at this size, then halved
+            answer = link.cmd(f"scope {inp} {want}", progress=report, retries=1)
+        except (MeterError, OutOfMemory) as exc:
             # the meter could not build an answer this large: ask for smaller pieces
-            if "MemoryError" not in exc.error or want <= MIN_PIECE:
+            short = isinstance(exc, OutOfMemory) or "MemoryError" in exc.error
+            if not short or want <= MIN_PIECE:
                 raise
             piece = max(MIN_PIECE, want // 2)
             continue
