@@ -457,11 +457,6 @@ def gather(link, n: int = DIAG_SCOPE_N, board_name: str = "esp32", step=None) ->
             "jitter_us": jitter}
 
 
-def steps_for(inputs: int) -> int:
-    """How many step() calls gather() makes for a meter with `inputs` ADC inputs."""
-    return 4 + inputs
-
-
 def diagnose(link, board=None, n: int = DIAG_SCOPE_N, step=None) -> Report:
     """Gather from the meter on `link` and evaluate; `board` a boards.Board (or None: ESP32)."""
     name = getattr(board, "name", "esp32")
