@@ -190,3 +190,30 @@ def test_read_csv_refuses_other_files(tmp_path):
     bad.write_text("time_s,current_A\n0,1\n")
     with pytest.raises(scope.ScopeError):
         scope.read_csv(bad)
+
+
+def test_config_read_key_by_key_when_the_whole_does_not_fit():
+    full = {"device_id": "k", "sample_rate_hz": 4000, "mains_hz": 60, "interval_s": 10,
+            "channels": [{"sensor": "sct013-030", "amps_per_count": 0.02}], "voltage": None,
+            "wifi": {"ssid": "home", "password": "***"}, "http": {"enabled": True}}
+
+    class SmallHeap:
+        asked = []
+
+        def cmd(self, line, progress=None, retries=3):
+            self.asked.append(line)
+            if line == "config get":
+                raise OutOfMemory("dropped")
+            key = line.split()[2]
+            node = full
+            for part in key.split("."):
+                if part not in node:
+                    raise MeterError("config get", "no such key")
+                node = node[part]
+            return {key: node}
+
+    cfg = scope.read_config(SmallHeap())
+    assert cfg["channels"] == full["channels"] and cfg["mains_hz"] == 60
+    assert cfg["wifi"] == {"ssid": "home"} and cfg["http"] == {"enabled": True}
+    assert "nominal_voltage" not in cfg and "mqtt" not in cfg  # keys the meter lacks
+    assert "config get wifi.password" not in SmallHeap.asked

@@ -436,7 +436,7 @@ def gather(link, n: int = DIAG_SCOPE_N, board_name: str = "esp32", step=None) ->
     say("status")
     status = link.cmd("status")
     say("config")
-    cfg = link.cmd("config get")
+    cfg = scope_api.read_config(link)
     say("adc")
     adc = link.cmd("adc")
     inputs = sorted(int(k[2:]) for k in adc if k.startswith("in") and k[2:].isdigit())

@@ -120,6 +120,35 @@ def input_info(cfg: dict, inp: int) -> tuple:
         str(volt.get("sensor") or "")
 
 
+# What scope and diag read from the config when the whole of it does not fit the meter's heap
+CONFIG_KEYS = ("device_id", "sample_rate_hz", "mains_hz", "nominal_voltage", "interval_s",
+               "channels", "voltage", "wifi.ssid", "http.enabled", "mqtt.enabled")
+
+
+def read_config(link, keys=CONFIG_KEYS) -> dict:
+    """The meter's config (secrets masked by the meter): `config get`, or, when the meter
+    cannot build that answer, `keys` one by one, assembled into the same nested form."""
+    try:
+        return link.cmd("config get")
+    except OutOfMemory:
+        pass
+    except MeterError as exc:
+        if "MemoryError" not in exc.error:
+            raise
+    cfg = {}
+    for key in keys:
+        try:
+            value = link.cmd(f"config get {key}").get(key)
+        except MeterError:
+            continue  # a key this firmware does not have
+        *parents, last = key.split(".")
+        node = cfg
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return cfg
+
+
 def check_n(n: int) -> int:
     if not 1 <= int(n) <= MAX_SCOPE:
         raise ScopeError(f"n must be 1..{MAX_SCOPE} (the meter's limit per capture)",
@@ -144,7 +173,7 @@ def capture(link, inp: int, n: int = DEFAULT_N, board: str = "esp32", cfg: dict 
     total)` is called with bytes received and expected."""
     n = check_n(n)
     if cfg is None:
-        cfg = link.cmd("config get")
+        cfg = read_config(link)
     voltage, scale, sensor = input_info(cfg, inp)
     captured = _now_iso()
     codes, segments, rate = [], [], None
