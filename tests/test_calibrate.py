@@ -156,8 +156,10 @@ def meter(tmp_path_factory):
 
 
 def switch(loads, stream, amps, settle_s=12.0):
-    """Change the load and let more than a reading interval (10 s) of it pass."""
-    at, _ = loads.set(Resistive(irms=amps) if amps else None)
+    """Change the load (A resistive, or a model Load) and let more than a reading interval
+    (10 s) of it pass."""
+    load = Resistive(irms=amps) if isinstance(amps, (int, float)) else amps
+    at, _ = loads.set(load)
     deadline = time.monotonic() + 60
     while stream.horizon < at + settle_s:
         assert time.monotonic() < deadline, "the virtual board stopped reading"
@@ -176,12 +178,19 @@ def cal_show(port):
         return link.cmd("cal show")["ch1"]
 
 
-def read_irms(vb, stream, at):
-    """The meter's `read` of ch1 and the model's truth since the load changed at `at`."""
+def read_irms(vb, stream, at, windows=1):
+    """The meter's `read` of ch1 in `windows` successive windows, and the model's truth
+    since the load changed at `at`."""
+    got, seen = [], None
     with MeterLink.open(vb.port) as link:
-        got = link.cmd("read")["ch1"]["irms"]
+        while len(got) < windows:
+            r = link.cmd("read")
+            if r["uptime_ms"] != seen:
+                seen = r["uptime_ms"]
+                got.append(r["ch1"]["irms"])
     now = vb.feed.last_frame / vb.source.sample_rate_hz
-    return got, float(stream.truth(at + 1.0, now).irms[0])
+    true = float(stream.truth(at + 1.0, now).irms[0])
+    return (got[0], true) if windows == 1 else (got, true)
 
 
 def test_three_point_calibration_within_half_a_percent(meter, tmp_path, capsys):
@@ -209,18 +218,19 @@ def test_three_point_calibration_within_half_a_percent(meter, tmp_path, capsys):
     assert rc == 0, err
     assert "record" in out
 
-    errors = []
+    errors = []  # 3 successive windows at each current
     for amps in (3.0, 6.0, 10.0, 15.0, 20.0, 25.0, 30.0):
         at = switch(loads, stream, amps)
-        got, true = read_irms(vb, stream, at)
-        errors.append(100 * (got / true - 1))
+        got, true = read_irms(vb, stream, at, windows=3)
+        errors.append([100 * (g / true - 1) for g in got])
     with capsys.disabled():
-        print("\ncalibrated error % at 3, 6, 10, 15, 20, 25, 30 A:", np.round(errors, 3))
-    assert max(abs(e) for e in errors) < 0.5, errors
+        print("\ncalibrated error % at 3, 6, 10, 15, 20, 25, 30 A (3 windows each):",
+              np.round(errors, 3).tolist())
+    assert np.max(np.abs(errors)) < 0.5, errors
 
     # no load reads 0 (the noise floor), over several windows
     at = switch(loads, stream, None)
-    assert [read_irms(vb, stream, at)[0] for _ in range(3)] == [0.0] * 3
+    assert read_irms(vb, stream, at, windows=5)[0] == [0.0] * 5
 
     # the record: written, reloads, and says what the meter now has
     files = list(records.glob("cal1-ch1-*.json"))
@@ -260,6 +270,8 @@ def test_bad_inputs_give_clear_errors_and_change_nothing(meter, tmp_path, capsys
     assert rc != 0 and "nosuchboard" in err
     rc, _, err = cli(capsys, "start", *common)
     assert rc == 0, err
+    rc, _, err = cli(capsys, "voltage", *common, "--volts", "230")
+    assert rc == EXIT_USAGE and "no voltage channel" in err
 
     switch(loads, stream, 8.0)
     rc, _, err = cli(capsys, "zero", *common)  # a load is on
@@ -329,3 +341,71 @@ def test_guided_session(meter, tmp_path):
     assert abs(float(v.split("error ")[1].split(" %")[0])) < 0.5
     rec = cal.load_record(next((tmp_path / "rec").glob("*.json")))
     assert len(rec["points"]) == 3 and len(rec["validations"]) == 1
+
+
+# ---------------------------------------------------------------- with a voltage channel
+
+
+@pytest.fixture(scope="module")
+def vmeter(tmp_path_factory):
+    # CT unit seed 1 leads by 2.35 degrees, the ZMPT101B unit seed 3 by 3.88: the meter's
+    # current lags its voltage by ~1.5 degrees, worth ~4.5 % of power at pf 0.5
+    stream = Stream([Channel(unit(1.05, seed=1), None)], mains=Mains(seed=1, voltage_wander=0.0),
+                    voltage=Frontend("zmpt101b", seed=3), sample_rate=4000, seed=1)
+    channels = [{"pin": CURRENT_PINS[0], "name": "ch1", "sensor": SENSOR,
+                 "amps_per_count": NOMINAL_APC}]
+    vb = start_virtual_meter(tmp_path_factory.mktemp("calv") / "flash", stream,
+                             {"device_id": "calv", "channels": channels})
+    yield vb, stream, LoadControl(stream)
+    vb.stop()
+
+
+def read_power(vb, stream, at):
+    with MeterLink.open(vb.port) as link:
+        got = link.cmd("read")["ch1"]
+    now = vb.feed.last_frame / vb.source.sample_rate_hz
+    return got, stream.truth(at + 1.0, now)
+
+
+def test_voltage_gain_and_phase(vmeter, tmp_path, capsys):
+    from ctmeter.model import Inductive
+
+    vb, stream, loads = vmeter
+    common = ["--port", vb.port, "--session", str(tmp_path / "s.json"),
+              "--records", str(tmp_path / "rec")]
+    at = switch(loads, stream, None)
+    assert cli(capsys, "start", *common)[0] == 0
+    assert cli(capsys, "zero", *common)[0] == 0
+    for amps in (15.0, RATING):
+        switch(loads, stream, amps)
+        rc, _, err = cli(capsys, "point", *common, "--amps", f"{amps:g}")
+        assert rc == 0, err
+    volts = float(stream.truth(at, at + 1.0).vrms)  # a multimeter at a socket
+    rc, out, err = cli(capsys, "voltage", *common, "--volts", f"{volts:.2f}")
+    assert rc == 0, err
+    rc, out, err = cli(capsys, "phase", *common)  # not applied yet
+    assert rc == EXIT_USAGE and "apply" in err
+    assert cli(capsys, "apply", *common)[0] == 0
+
+    loads.set(Inductive(pf=0.5, irms=15.0))
+    time.sleep(0.5)
+    rc, _, err = cli(capsys, "phase", *common)  # not a resistive load: refused, nothing sent
+    assert rc == 1 and "not a resistive load" in err
+    assert cal_show(vb.port)["phase_deg"] == 0.0
+
+    switch(loads, stream, 20.0)
+    rc, out, err = cli(capsys, "phase", *common)
+    assert rc == 0, err
+    shown = cal_show(vb.port)
+    assert shown["phase_deg"] == pytest.approx(2.347 - 3.880, abs=0.2)  # the units' leads
+
+    for pf in (0.5, 0.8):
+        at = switch(loads, stream, Inductive(pf=pf, irms=15.0))
+        got, truth = read_power(vb, stream, at)
+        assert got["power"] == pytest.approx(truth.p[0], rel=0.005), pf
+        assert got["voltage"] == pytest.approx(truth.vrms, rel=0.003)
+    rec = cal.load_record(next((tmp_path / "rec").glob("*.json")))
+    assert rec["voltage_calibration"]["gain"] > 0
+    assert rec["phase"]["pf_after"] > rec["phase"]["pf_before"]
+    with MeterLink.open(vb.port) as link:
+        assert link.cmd("cal show")["voltage"]["gain"] == rec["voltage_calibration"]["gain"]

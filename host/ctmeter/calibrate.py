@@ -9,8 +9,10 @@
         s.point(true_amps=3.02)           # reference load 1 (clamp meter reading)
         s.point(true_watts=3450, volts=231)   # a resistive load: A = W / V
         s.point(true_amps=29.7)
+        s.voltage(231.4)                  # with a voltage channel: a multimeter's reading
         fit = s.fit()                     # Calibration + residual per point; nothing sent
         s.apply()                         # `cal apply <ch> <json>`, checked with `cal show`
+        s.phase()                         # voltage channel, a resistive load on: the angle
         s.validate(true_amps=14.9)        # the calibrated meter's `read` vs a reference
         s.write_record("calibration/records")
     s.save("session.json"); Session.load("session.json", link)   # step-by-step use
@@ -59,9 +61,18 @@ as residuals that trend with current.
 
 The result is a `meter.calib.Calibration` (the firmware's own module): the table maps
 measured -> linear Irms (noise removed in quadrature, top end straightened), `gain` scales it,
-`noise_floor` (half the noise Irms) makes no load read 0, `offset` is 0, `phase_deg` is kept
-from the previous calibration (a current-only session cannot measure it). The table is
-reduced until `cal apply <ch> <json>` fits the console's 240-byte line.
+`noise_floor` (half the noise Irms) makes no load read 0, `offset` is 0. The table is chosen
+(fewest knots within 0.02 % of the curve, else the most accurate) to fit `cal apply <ch>
+<json>` into the console's 240-byte line, with room left for a phase.
+
+With a voltage channel: the voltage's gain is reference / uncalibrated Vrms (the mains gives
+one voltage, so a gain is all it can determine; the ZMPT101B is linear there). The phase
+needs a resistive load: its power factor is 1, so the meter's P/S = cos(t - p) where t is
+the current/voltage angle of the two sensors and p the applied phase_deg. `read` gives P/S
+but not the sign of t, so `phase` measures it at the applied p0 and at p0 +- 5 degrees (a
+temporary `cal apply`, undone if anything fails): cos(t - p0) and cos(t - p0 - d) give t with
+its sign, whatever sign convention the firmware uses. Without a voltage channel phase_deg is
+kept from the previous calibration.
 """
 
 from __future__ import annotations
@@ -111,6 +122,10 @@ AMPS_MAX = 1000.0
 WINDOW_S = 0.2  # one window: 10 mains cycles at 50 Hz
 NO_MEMORY_ERROR = "out of memory, line dropped"  # the meter's JSON answer to a dropped line
 NO_MEMORY_RETRIES = 3
+PHASE_PROBE_DEG = 5.0  # the phase step's second measurement is taken this far off
+PHASE_RESERVE = len(',"phase_deg":-12.345')  # line room kept for a phase measured later
+MIN_PF_RESISTIVE = 0.9  # a "resistive" load with a lower power factor is not one
+MIN_MAINS_V = 20.0  # less on the voltage input: no mains on it
 
 
 class CalibrateError(CommandError):
@@ -436,7 +451,7 @@ def _optimal_table(cm, ca, m_eval, a_eval, floor, fits):
 
 
 def fit_points(points, zero=None, amps_per_count=None, knee=None, phase_deg=0.0,
-               channel=0, max_line=MAX_LINE):
+               channel=0, max_line=MAX_LINE, reserve=0):
     """The Fit for reference `points` (and the `zero` step, if done) - pure, no device."""
     if not points:
         raise CalibrateError("no reference points to fit", "measure at least one reference "
@@ -482,7 +497,7 @@ def fit_points(points, zero=None, amps_per_count=None, knee=None, phase_deg=0.0,
 
     def fits(knots):
         try:
-            return len(apply_line(channel, make(knots)).encode()) <= max_line
+            return len(apply_line(channel, make(knots)).encode()) <= max_line - reserve
         except CalibrationError:  # knots rounded onto each other
             return False
 
@@ -542,7 +557,7 @@ class Session:
 
     def __init__(self, link=None, *, channel=0, device=None, version=None, sensor=None,
                  rating=None, amps_per_count=None, board="esp32", knee=None,
-                 previous=None, progress=None):
+                 previous=None, progress=None, vch=None, vsensor=None, vprevious=None):
         self.link = link
         self.channel = int(channel)
         self.device = device
@@ -553,6 +568,10 @@ class Session:
         self.board = board
         self.knee = knee
         self.previous = previous or {}
+        self.vch = vch  # the voltage input's index (None: the meter has no voltage channel)
+        self.vsensor = vsensor
+        self.vprevious = vprevious or {}
+        self.vpoints = []  # voltage references: {"true_volts", "raw_vrms", "windows"}
         self.zero_step = None
         self.points = []
         self.applied = None  # {"date", "calibration"} once sent to the meter
@@ -566,31 +585,35 @@ class Session:
     @classmethod
     def start(cls, link, channel=0, board="esp32", rating=None, progress=None):
         knee = _board_knee(board)  # an unknown board is refused before the meter is asked
-        status = link.cmd("status")
-        chans = link.cmd("config get channels").get("channels")
+        s = cls(link, channel=channel, board=board, knee=knee, progress=progress)
+        status = s._cmd("status")
+        chans = s._cmd("config get channels").get("channels")
         if not isinstance(chans, list) or not chans:
             raise CalibrateError("the meter reported no channels", exit_code=EXIT_DEVICE)
         if not 0 <= channel < len(chans):
             raise _usage(f"the meter has no channel {channel + 1} "
                          f"(it has {len(chans)}: 1..{len(chans)})")
+        volt = s._cmd("config get voltage").get("voltage")
+        shown = s._cmd("cal show")
         ch = chans[channel]
-        sensor = ch.get("sensor")
-        shown = link.cmd("cal show").get(f"ch{channel + 1}") or {}
-        s = cls(link, channel=channel, device=status.get("device"),
-                version=status.get("version"), sensor=sensor,
-                rating=rating if rating is not None else _sensor_rating(sensor),
-                amps_per_count=ch.get("amps_per_count"), board=board,
-                knee=knee, previous=shown, progress=progress)
+        s.device, s.version = status.get("device"), status.get("version")
+        s.sensor = ch.get("sensor")
+        s.rating = rating if rating is not None else _sensor_rating(s.sensor)
+        s.amps_per_count = ch.get("amps_per_count")
+        s.previous = shown.get(s.ch_name) or {}
+        if isinstance(volt, dict):
+            s.vch, s.vsensor = len(chans), volt.get("sensor")
+            s.vprevious = shown.get("voltage") or {}
         return s
 
     def check_device(self):
         """The link's meter is this session's meter, its channel scale unchanged."""
-        status = self.link.cmd("status")
+        status = self._cmd("status")
         if status.get("device") != self.device:
             raise CalibrateError(
                 f"this session is for meter {self.device!r}, the port has {status.get('device')!r}",
                 "use the right --port, or start a new session (`ctmeter calibrate start`)")
-        chans = self.link.cmd("config get channels").get("channels") or []
+        chans = self._cmd("config get channels").get("channels") or []
         if self.channel >= len(chans) or \
                 chans[self.channel].get("amps_per_count") != self.amps_per_count:
             raise CalibrateError("the channel's configuration changed since the session "
@@ -716,32 +739,70 @@ class Session:
     def fit(self):
         return fit_points(self.points, self.zero_step, self.amps_per_count, self.knee,
                           phase_deg=float(self.previous.get("phase_deg", 0.0) or 0.0),
-                          channel=self.channel)
+                          channel=self.channel,
+                          reserve=PHASE_RESERVE if self.vch is not None else 0)
 
-    def apply(self, fit=None):
-        """Send the fitted calibration; verify with `cal show`. Returns the Fit."""
-        fit = fit or self.fit()
-        line = apply_line(self.channel, fit.calibration)
-        self._cmd(line)
-        shown = self._cmd("cal show").get(self.ch_name) or {}
-        if not _same_calibration(shown, fit.calibration.to_dict()):
+    def voltage(self, true_volts):
+        """The mains voltage from a reference (a multimeter at a socket): the voltage
+        input's uncalibrated Vrms over the same windows as `cal point`."""
+        if self.vch is None:
+            raise _usage("this meter has no voltage channel")
+        v = _positive("reference voltage", true_volts, "V")
+        if not VOLTS_RANGE[0] <= v <= VOLTS_RANGE[1]:
+            raise _usage(f"{v:g} V is not a mains voltage "
+                         f"({VOLTS_RANGE[0]:g}-{VOLTS_RANGE[1]:g} V)")
+        ans = self._cmd(f"cal point {self.vch} {v:.6g}", "measuring the mains voltage",
+                        CAL_WINDOWS * WINDOW_S)
+        raw = float(ans.get("raw_rms", ans.get("raw_irms")))
+        if raw < MIN_MAINS_V:
+            raise CalibrateError(f"the voltage input measures {raw:.3g} V",
+                                 "is the voltage sensor connected to the mains?")
+        if not RATIO_RANGE[0] <= v / raw <= RATIO_RANGE[1]:
+            raise CalibrateError(f"the reference ({v:.4g} V) and the meter ({raw:.4g} V, "
+                                 f"uncalibrated) differ by a factor of {v / raw:.3g}",
+                                 "check the value, and the voltage sensor's gain trimmer")
+        p = {"true_volts": v, "raw_vrms": raw, "windows": int(ans.get("windows", 0))}
+        self.vpoints.append(p)
+        return p
+
+    def voltage_calibration(self):
+        """The voltage input's Calibration from the voltage references (None without)."""
+        if not self.vpoints:
+            return None
+        q = [p["raw_vrms"] / p["true_volts"] for p in self.vpoints]
+        gain = sum(q) / sum(x * x for x in q)
+        return Calibration(gain=_fmt(gain),
+                           phase_deg=_fmt(float(self.vprevious.get("phase_deg", 0.0) or 0.0)))
+
+    def _send(self, ch, name, calibration):
+        self._cmd(apply_line(ch, calibration))
+        shown = self._cmd("cal show").get(name) or {}
+        if not _same_calibration(shown, calibration.to_dict()):
             raise CalibrateError(f"the meter shows another calibration than the one sent: "
                                  f"{shown}", exit_code=EXIT_DEVICE)
+
+    def apply(self, fit=None):
+        """Send the fitted calibration (and the voltage's, if measured); verify each with
+        `cal show`. Returns the Fit."""
+        fit = fit or self.fit()
+        vcal = self.voltage_calibration()
+        if vcal is not None:
+            self._send(self.vch, "voltage", vcal)
+        self._send(self.channel, self.ch_name, fit.calibration)
         self.applied = {"date": _now(), "calibration": fit.calibration.to_dict(),
                         "fit": fit.to_dict()}
+        if vcal is not None:
+            self.applied["voltage"] = {"calibration": vcal.to_dict(), "points": self.vpoints}
         return fit
 
-    def validate(self, true_amps=None, true_watts=None, volts=None, reads=6, settle=2,
-                 timeout=60.0):
-        """The calibrated meter's `read` (`reads` windows after `settle` skipped ones) against
-        a reference; the result is kept for the record."""
-        amps = reference_amps(true_amps, true_watts, volts)
-        values = []
+    def _windows(self, reads, settle, timeout=60.0, label="reading the calibrated meter"):
+        """`reads` of the channel's `read` results, one per window, after `settle` windows."""
+        out = []
         seen = None
         skipped = 0
         deadline = time.monotonic() + timeout
-        with self.progress("reading the calibrated meter", (reads + settle) * WINDOW_S):
-            while len(values) < reads:
+        with self.progress(label, (reads + settle) * WINDOW_S):
+            while len(out) < reads:
                 if time.monotonic() > deadline:
                     raise CalibrateError("the meter's readings did not advance",
                                          exit_code=EXIT_DEVICE)
@@ -758,7 +819,70 @@ class Session:
                 if not isinstance(ch, dict):
                     raise CalibrateError(f"the meter's read has no {self.ch_name}",
                                          exit_code=EXIT_DEVICE)
-                values.append(float(ch["irms"]))
+                out.append(ch)
+        return out
+
+    def _power_factor(self, reads):
+        w = self._windows(reads, 2, label="measuring the power factor")
+        p = sum(float(x["power"]) for x in w)
+        a = sum(float(x["apparent"]) for x in w)
+        if a <= 0:
+            raise CalibrateError(f"no current on {self.ch_name}", "is the resistive load on?")
+        return p / a
+
+    def phase(self, reads=10):
+        """With a resistive load on: the angle between this channel and the voltage
+        channel, from the power factor at the applied phase and at PHASE_PROBE_DEG off
+        (cos(t) and cos(t - d) give t with its sign); the result is applied and checked."""
+        if self.vch is None:
+            raise _usage("this meter has no voltage channel: there is no phase to calibrate")
+        if self.applied is None:
+            raise _usage("apply the calibration first", "run `apply`, then `phase`")
+        base = Calibration.from_dict(self.applied["calibration"])
+        p0 = base.phase_deg
+
+        def with_phase(deg):
+            return Calibration.from_dict(dict(base.to_dict(), phase_deg=_fmt(deg)))
+
+        c0 = self._power_factor(reads)
+        if c0 < MIN_PF_RESISTIVE:
+            raise CalibrateError(f"the load's power factor is {c0:.3f}: not a resistive load",
+                                 "measure the phase with a kettle, heater or toaster on")
+        d = PHASE_PROBE_DEG if p0 <= 0 else -PHASE_PROBE_DEG
+        self._send(self.channel, self.ch_name, with_phase(p0 + d))
+        try:
+            c1 = self._power_factor(reads)
+        except BaseException:
+            self._send(self.channel, self.ch_name, base)  # do not leave the probe behind
+            raise
+        rd = math.radians(d)
+        theta = math.degrees(math.atan2((c1 - c0 * math.cos(rd)) / math.sin(rd), c0))
+        new = p0 + theta
+        if abs(new) > 30.0:
+            self._send(self.channel, self.ch_name, base)
+            raise CalibrateError(f"the measured phase {new:.1f} degrees is implausible",
+                                 "was the load steady and resistive?")
+        final = with_phase(new)
+        self._send(self.channel, self.ch_name, final)
+        c2 = self._power_factor(reads)
+        if c2 < c0 - 1e-4:
+            self.warnings.append(f"the power factor got worse ({c0:.5f} -> {c2:.5f}): was the "
+                                 "load steady? run `phase` again")
+        self.applied["calibration"] = final.to_dict()
+        self.applied["phase"] = {"date": _now(), "phase_deg": final.phase_deg,
+                                 "previous_deg": p0, "pf_before": round(c0, 6),
+                                 "pf_probe": round(c1, 6), "probe_deg": p0 + d,
+                                 "pf_after": round(c2, 6)}
+        return self.applied["phase"]
+
+    def validate(self, true_amps=None, true_watts=None, volts=None, reads=6, settle=2,
+                 timeout=60.0):
+        """The calibrated meter's `read` (`reads` windows after `settle` skipped ones) against
+        a reference (and its power against a reference in W, with a voltage channel); the
+        result is kept for the record."""
+        amps = reference_amps(true_amps, true_watts, volts)
+        w = self._windows(reads, settle, timeout)
+        values = [float(x["irms"]) for x in w]
         got = math.sqrt(sum(v * v for v in values) / len(values))
         if got == 0.0:
             raise CalibrateError(f"the calibrated meter reads 0 A on {self.ch_name}",
@@ -767,6 +891,10 @@ class Session:
         v = {"true_amps": amps, "meter_amps": round(got, 5),
              "error_pct": round(100 * (got / amps - 1), 3), "windows": len(values),
              "spread_pct": round(100 * spread, 3), "date": _now()}
+        if self.vch is not None and true_watts is not None:
+            watts = sum(float(x["power"]) for x in w) / len(w)
+            v.update(true_watts=true_watts, meter_watts=round(watts, 3),
+                     watts_error_pct=round(100 * (watts / true_watts - 1), 3))
         if spread > 0.02:
             self.warnings.append(f"the readings varied by {100 * spread:.1f} %: was the load "
                                  "steady?")
@@ -782,6 +910,8 @@ class Session:
             "channel": self.channel + 1, "sensor": self.sensor, "rating": self.rating,
             "amps_per_count": self.amps_per_count, "board": self.board, "knee": self.knee,
             "previous_calibration": self.previous,
+            "voltage_input": self.vch, "voltage_sensor": self.vsensor,
+            "previous_voltage_calibration": self.vprevious, "voltage_points": self.vpoints,
             "zero": asdict(self.zero_step) if self.zero_step else None,
             "points": [asdict(p) for p in self.points],
             "applied": self.applied, "validations": self.validations,
@@ -802,7 +932,10 @@ class Session:
                     version=d["device"].get("version"), sensor=d.get("sensor"),
                     rating=d.get("rating"), amps_per_count=d.get("amps_per_count"),
                     board=d.get("board", "esp32"), knee=d.get("knee"),
-                    previous=d.get("previous_calibration") or {}, progress=progress)
+                    previous=d.get("previous_calibration") or {}, progress=progress,
+                    vch=d.get("voltage_input"), vsensor=d.get("voltage_sensor"),
+                    vprevious=d.get("previous_voltage_calibration") or {})
+            s.vpoints = list(d.get("voltage_points") or [])
             s.started = d.get("started", s.started)
             s.zero_step = Zero(**d["zero"]) if d.get("zero") else None
             s.points = [Point(**p) for p in d.get("points", [])]
@@ -836,6 +969,8 @@ class Session:
         d["fit"] = self.applied["fit"]
         d["calibration"] = self.applied["calibration"]
         d["residuals"] = self.applied["fit"]["residuals"]
+        d["voltage_calibration"] = (self.applied.get("voltage") or {}).get("calibration")
+        d["phase"] = self.applied.get("phase")
         d.pop("record", None)
         return d
 

@@ -7,7 +7,9 @@
     ctmeter calibrate point --port P --amps 3.02             #   calibration-session.json)
     ctmeter calibrate point --port P --watts 3450 --volts 231
     ctmeter calibrate fit                                    # offline: the fit and residuals
+    ctmeter calibrate voltage --port P --volts 231.4         # with a voltage channel
     ctmeter calibrate apply --port P                         # send it, write the record
+    ctmeter calibrate phase --port P                         # a resistive load on: the angle
     ctmeter calibrate validate --port P --amps 14.9          # calibrated reading vs reference
 """
 
@@ -28,8 +30,10 @@ steps (scripted sessions; each opens the port, does one step and saves the sessi
   start     start a session for one channel (reads the meter's id, sensor and scale)
   zero      every load off: noise floor and bias
   point     a reference load on: --amps A, or --watts W --volts V of a resistive load
+  voltage   (voltage channel) the mains voltage from a multimeter: --volts V
   fit       (offline) the fit and the remaining error at each point; nothing is sent
   apply     send the calibration (cal apply), check it (cal show), write the record
+  phase     (voltage channel) a resistive load on: the current/voltage angle, applied
   validate  a reference load on: the calibrated meter's reading against it
 Without a step the same session is guided interactively.
 """
@@ -83,10 +87,17 @@ def register(subparsers):
     _common(sp, True)
     _reference_args(sp)
     sp.add_argument("--replace", type=int, metavar="N", help="replace point N (1-based)")
+    sp = steps.add_parser("voltage", help="the mains voltage from a reference (voltage channel)")
+    _common(sp, True)
+    sp.add_argument("--volts", type=float, help="the mains voltage measured at a socket (V)")
     sp = steps.add_parser("fit", help="show the fit and residuals (offline)")
     _common(sp, True)
     sp = steps.add_parser("apply", help="send the calibration and write the record")
     _common(sp, True)
+    sp = steps.add_parser("phase", help="a resistive load on: measure and apply the phase")
+    _common(sp, True)
+    sp.add_argument("--reads", type=int, default=10,
+                    help="windows per power-factor measurement (default 10)")
     sp = steps.add_parser("validate", help="calibrated reading against a reference load")
     _common(sp, True)
     _reference_args(sp)
@@ -154,6 +165,19 @@ def show_fit(s, fit, out=_say):
 def show_validation(v, out=_say):
     out(f"validation: meter {v['meter_amps']:.4f} A, reference {v['true_amps']:.4f} A, "
         f"error {v['error_pct']:+.3f} % ({v['windows']} windows, spread {v['spread_pct']:.2g} %)")
+    if "meter_watts" in v:
+        out(f"  power: meter {v['meter_watts']:.1f} W, reference {v['true_watts']:.1f} W, "
+            f"error {v['watts_error_pct']:+.3f} %")
+
+
+def show_voltage(s, p, out=_say):
+    out(f"voltage: reference {p['true_volts']:.4g} V, meter (uncalibrated) {p['raw_vrms']:.4g} V, "
+        f"gain {s.voltage_calibration().gain:g}")
+
+
+def show_phase(ph, out=_say):
+    out(f"phase: {ph['phase_deg']:+.3f} degrees (was {ph['previous_deg']:+.3f}); power factor "
+        f"of the resistive load {ph['pf_before']:.5f} -> {ph['pf_after']:.5f}")
 
 
 def _warnings(s, out=_say):
@@ -242,6 +266,27 @@ def step_point(args):
     return 0
 
 
+def step_voltage(args):
+    if args.volts is None:
+        raise api._usage("give the reference voltage: --volts V")
+    api._positive("reference voltage", args.volts, "V")
+    with _session(args) as s:
+        p = s.voltage(args.volts)
+    show_voltage(s, p)
+    return 0
+
+
+def step_phase(args):
+    if args.reads < 1:
+        raise api._usage("--reads must be at least 1")
+    with _session(args) as s:
+        ph = s.phase(reads=args.reads)
+        path = s.write_record(args.records)
+    show_phase(ph)
+    _say(f"record {path} updated")
+    return 0
+
+
 def step_fit(args):
     s = api.Session.load(args.session)
     show_fit(s, s.fit())
@@ -311,6 +356,20 @@ def guided(args, ask=input, out=_say):
             show_point(s, p, out)
             _warnings(s, out)
             s.save(args.session)
+        if s.vch is not None:
+            while True:
+                text = ask("Voltage channel: type the mains voltage measured at a socket "
+                           "with a multimeter (V); empty to skip: ").strip()
+                if not text:
+                    break
+                try:
+                    show_voltage(s, s.voltage(float(text.rstrip("Vv "))), out)
+                    s.save(args.session)
+                    break
+                except ValueError:
+                    out(f"  cannot read {text!r} as a voltage")
+                except api.CalibrateError as exc:
+                    out(f"  {exc}")
         fit = s.fit()
         show_fit(s, fit, out)
         if not args.yes:
@@ -323,6 +382,17 @@ def guided(args, ask=input, out=_say):
         path = s.write_record(args.records)
         s.save(args.session)
         out(f"applied; record {path}")
+        if s.vch is not None:
+            while ask("Phase: switch on a resistive load (kettle, heater; the bigger the "
+                      "better), then press Enter, or type s to skip: ").strip().lower() != "s":
+                try:
+                    show_phase(s.phase(), out)
+                    _warnings(s, out)
+                    s.write_record(args.records)
+                    s.save(args.session)
+                    break
+                except api.CalibrateError as exc:
+                    out(f"  {exc}")
         out("Step 4 - validation: switch on a reference load (again, or another one).")
         while True:
             text = ask("Type its current or power@voltage to compare; empty when done: ")
@@ -353,8 +423,9 @@ def _retry(ask, out, prompt, action):
                 raise
 
 
-STEPS = {"start": step_start, "zero": step_zero, "point": step_point, "fit": step_fit,
-         "apply": step_apply, "validate": step_validate}
+STEPS = {"start": step_start, "zero": step_zero, "point": step_point,
+         "voltage": step_voltage, "fit": step_fit, "apply": step_apply, "phase": step_phase,
+         "validate": step_validate}
 
 
 def run(args):
