@@ -66,6 +66,27 @@ def test_concurrent_submitters_all_committed(store):
     assert store.count() == 400
 
 
+def test_large_batches_span_several_statements_and_keep_every_value(store, db_url):
+    """One commit of 1,100 rows (three multi-row INSERTs on SQLite), then a batch mixing
+    new rows and duplicates; 1,200 devices saved in one go on close."""
+    rows = [reading(f"d{i % 1200}", seq=i, ts=NOON + i, kwh=i / 1e6, power=i * 0.1)
+            for i in range(1100)]
+    assert store.insert(rows) == [True] * 1100
+    again = [reading("d5", seq=5, ts=NOON + 5), reading("d5", seq=1105, ts=NOON + 1105)]
+    again += [reading(f"d{i}", seq=i, ts=NOON + i) for i in range(1100, 1200)]
+    assert store.insert(again) == [False] + [True] * 101
+    assert store.count() == 1201
+    got = {(r["deviceId"], r["seq"]): r for r in store.history(limit=None)}
+    assert got[("d7", 7)]["energyKwh"] == 7e-6 and got[("d7", 7)]["power"] == 0.7000000000000001
+    assert got[("d1099", 1099)]["ts"] == NOON + 1099
+    store.close()
+    reopened = type(store)(store.path if db_url.startswith("sqlite") else store.url)
+    try:
+        assert len(reopened.devices()) == 1200
+    finally:
+        reopened.close()
+
+
 def test_usage_today_survives_counter_reset(store):
     cfg = ServeConfig(tariff_per_kwh=0.5, currency="EUR")
     kwh = [10.0, 10.5, 11.0, 0.2, 0.7]  # reset after 11.0 (new flash): +0.5 +0.5 +0.2 +0.5

@@ -29,7 +29,15 @@ from meter.reading import FIELDS
 
 from ctmeter.serve import queries
 from ctmeter.serve.alerts import Monitor
-from ctmeter.serve.httpd import Response, Stream, error, json_response, start_http, stop_http
+from ctmeter.serve.httpd import (
+    DEFERRED,
+    Response,
+    Stream,
+    error,
+    json_response,
+    start_http,
+    stop_http,
+)
 from ctmeter.serve.storage import open_storage
 from ctmeter.serve.validate import InvalidReading, parse_reading, to_json
 
@@ -38,9 +46,50 @@ INGEST_PATHS = ("/api/measurements", "/api/data", "/api/energy/add")
 STATIC = Path(__file__).with_name("static")
 COOKIE = "ctmeter_session"
 MAX_BATCH = 32  # readings per POSTed JSON array
-STORED = b'{"stored":true,"duplicate":false}'
-DUPLICATE = b'{"stored":false,"duplicate":true}'
+STORED = Response(201, b'{"stored":true,"duplicate":false}')
+DUPLICATE = Response(200, b'{"stored":false,"duplicate":true}')
 MAX_LIMIT = 100000
+
+
+def _new_loop():
+    """uvloop (libuv; its transports run in C) when installed, else asyncio's own loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+_decode = json.JSONDecoder().decode
+
+
+def _loads(body):
+    """JSON from a request body: UTF-8 straight to the decoder (json.loads on bytes first
+    sniffs for UTF-16/32, which no meter sends, but which still works here as a fallback)."""
+    try:
+        text = body.decode()
+    except UnicodeDecodeError:
+        return json.loads(body)
+    return _decode(text)
+
+
+class _BatchAnswer:
+    """One answer for a POSTed array of readings, once every row's commit is known: 503 if
+    any part failed (the meter keeps the whole batch and retries it), else stored/duplicates."""
+
+    def __init__(self, n, reply):
+        self.n, self.left, self.stored, self.failed, self.reply = n, n, 0, None, reply
+
+    def one(self, resp):
+        if resp.status >= 300:
+            self.failed = self.failed or resp
+        elif resp.status == 201:
+            self.stored += 1
+        self.left -= 1
+        if self.left == 0:
+            n = self.stored
+            self.reply(self.failed or json_response(
+                201 if n else 200, {"stored": n, "duplicates": self.n - n}))
 
 
 def _digest(token):
@@ -108,7 +157,7 @@ class Collector:
     def start(self):
         if self.store is None:
             self.store = open_storage(self.cfg.db)
-        self.loop = asyncio.new_event_loop()
+        self.loop = _new_loop()
         self.hub = Hub(self.loop)
         self.monitor = Monitor(self.store, self.cfg, self.hub.publish)
         ready = threading.Event()
@@ -118,7 +167,7 @@ class Collector:
             asyncio.set_event_loop(self.loop)
             try:
                 self.loop.run_until_complete(self._bind())
-            except OSError as exc:
+            except Exception as exc:  # noqa: BLE001  (reported to start()'s caller)
                 failure.append(exc)
                 ready.set()
                 return
@@ -187,15 +236,17 @@ class Collector:
         self.stop()
 
     # -- ingest (shared by HTTP and MQTT) ------------------------------------------------
-    def _after_store(self, rows, flags, now):
+    def _after_store(self, rows, flags, nows):
+        """Live page, status and alerts for rows whose commit is done (nows: receive times)."""
         new = []
         live = self.hub.clients
-        for row, stored in zip(rows, flags, strict=True):
+        seen = self.monitor.seen
+        for row, stored, now in zip(rows, flags, nows, strict=True):
             if stored:
                 new.append(row)
                 if live:
                     self.hub.publish("reading", to_json(row))
-            self.monitor.seen(row["device_id"], row["interval"], now, row if stored else None)
+            seen(row["device_id"], row["interval"], now, row if stored else None)
         self.stats["accepted"] += len(new)
         self.stats["duplicates"] += len(rows) - len(new)
         if new:
@@ -210,7 +261,7 @@ class Collector:
         def done(f):
             if f.exception() is None:
                 try:
-                    self._after_store(rows, f.result(), now)
+                    self._after_store(rows, f.result(), [now] * len(rows))
                 except Exception:  # noqa: BLE001  (alerting must not kill the writer)
                     log.exception("post-store processing failed")
             else:
@@ -265,7 +316,7 @@ class Collector:
             return error(401, "missing or unknown Bearer token")
         now = time.time()
         try:
-            obj = json.loads(req.body)
+            obj = _loads(req.body)
             # A meter with several channels posts one JSON array per interval (the firmware's
             # HttpPoster.post_batch): all-or-nothing, validated whole before anything is queued.
             if isinstance(obj, list):
@@ -282,26 +333,15 @@ class Collector:
             self.stats["rejected"] += 1
             return error(403, "this token may only post for its own deviceId")
         # Rows arriving in the same loop turn go to the writer as one batch and come back
-        # with one cross-thread wake-up; each request's answer is a future resolved then.
-        futs = []
-        for row in rows:
-            fut = self.loop.create_future()
-            self._pending.append((row, now, fut))
-            futs.append(fut)
-        if len(self._pending) == len(rows):
+        # with one cross-thread wake-up; each request is answered (req.reply) right then.
+        if not self._pending:
             self.loop.call_soon(self._flush)
-        if len(futs) == 1:
-            return futs[0]
-        return self._batch_answer(futs)
-
-    async def _batch_answer(self, futs):
-        answers = await asyncio.gather(*futs)
-        failed = [a for a in answers if a.status >= 300]
-        if failed:
-            return failed[0]  # 503: the client keeps the whole batch and retries it
-        stored = sum(1 for a in answers if a.status == 201)
-        return json_response(201 if stored else 200,
-                             {"stored": stored, "duplicates": len(answers) - stored})
+        if len(rows) == 1:
+            self._pending.append((rows[0], now, req.reply))
+        else:
+            answer = _BatchAnswer(len(rows), req.reply)
+            self._pending.extend((row, now, answer.one) for row in rows)
+        return DEFERRED
 
     def _flush(self):
         batch, self._pending = self._pending, []
@@ -318,17 +358,17 @@ class Collector:
     def _resolve(self, batch, flags, exc):
         if exc is not None:
             log.error("storing %d readings failed: %s", len(batch), exc)
-            for _, _, fut in batch:
-                if not fut.done():
-                    fut.set_result(error(503, "storage unavailable, retry later"))
+            unavailable = error(503, "storage unavailable, retry later")
+            for _, _, reply in batch:
+                reply(unavailable)
             return
-        for (row, now, fut), stored in zip(batch, flags, strict=True):
-            try:
-                self._after_store([row], [stored], now)
-            except Exception:  # noqa: BLE001  (alerting must not lose the answer)
-                log.exception("post-store processing failed")
-            if not fut.done():
-                fut.set_result(Response(201, STORED) if stored else Response(200, DUPLICATE))
+        # Answer everyone first (the commit is done), then the live page, status and alerts.
+        for (_, _, reply), stored in zip(batch, flags, strict=True):
+            reply(STORED if stored else DUPLICATE)
+        try:
+            self._after_store([row for row, _, _ in batch], flags, [now for _, now, _ in batch])
+        except Exception:  # noqa: BLE001  (alerting must not stop ingest)
+            log.exception("post-store processing failed")
 
     async def _blocking(self, fn, *args):
         return await self.loop.run_in_executor(None, fn, *args)

@@ -2,13 +2,14 @@
 """A small HTTP/1.1 server on an asyncio.Protocol: keep-alive, Content-Length bodies, limits.
 
     server = await start_http(handler, host, port, max_body=4096)
-    def handler(req: Request) -> Response | Future[Response] | coroutine -> Response | Stream
+    def handler(req: Request) -> Response | DEFERRED | coroutine -> Response | Stream
 
 Only what the collector needs: no chunked request bodies (411), headers up to 16 KiB (431),
 bodies up to max_body (413, and the connection is closed without reading the body), idle
 connections closed after a timeout. The standard library's http.server costs a thread per
 connection and parses headers with the email package; this keeps 1,000 meters on one thread,
-and an ingest request costs no task: its answer is a future resolved when its batch commits.
+and an ingest request costs no task and no future: its handler returns DEFERRED and calls
+`req.reply(response)` itself, once, on the loop thread, when the reading's batch has committed.
 """
 
 import asyncio
@@ -32,6 +33,7 @@ class Request:
     headers: dict
     body: bytes
     peer: tuple = ()
+    reply: object = None  # reply(Response): for handlers that answer later (DEFERRED)
 
     def arg(self, name, default=None):
         values = self.query.get(name)
@@ -44,6 +46,9 @@ class Response:
     body: bytes = b""
     content_type: str = "application/json"
     headers: list = field(default_factory=list)
+
+
+DEFERRED = object()  # handler's promise to call req.reply(response) later
 
 
 def json_response(status, obj, headers=None):
@@ -64,7 +69,22 @@ class Stream:
         self.headers = headers or []
 
 
+_HEADS = {}  # (status, content type, length, keep-alive) -> head bytes, for plain answers
+
+
 def _head(status, content_type, length, headers, keep_alive):
+    if not headers:
+        key = (status, content_type, length, keep_alive)
+        head = _HEADS.get(key)
+        if head is None:
+            head = _build_head(status, content_type, length, (), keep_alive)
+            if len(_HEADS) < 512:  # the ingest answers repeat; query answers vary in length
+                _HEADS[key] = head
+        return head
+    return _build_head(status, content_type, length, headers, keep_alive)
+
+
+def _build_head(status, content_type, length, headers, keep_alive):
     reason = HTTPStatus(status).phrase
     lines = [f"HTTP/1.1 {status} {reason}", f"Content-Type: {content_type}"]
     if length is not None:
@@ -74,27 +94,37 @@ def _head(status, content_type, length, headers, keep_alive):
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
+class HttpServer:
+    """The listening server, its open connections and the idle sweeper (uvloop's Server
+    takes no extra attributes, so they live here)."""
+
+    def __init__(self, server, conns, sweeper):
+        self.server, self.conns, self.sweeper = server, conns, sweeper
+
+    @property
+    def sockets(self):
+        return self.server.sockets
+
+
 async def start_http(handler, host, port, max_body=4096):
     loop = asyncio.get_running_loop()
     conns = set()
     server = await loop.create_server(lambda: _Connection(handler, max_body, conns),
                                       host, port, backlog=2048)
-    server.sweeper = asyncio.ensure_future(_sweep(conns))
-    server.conns = conns
-    return server
+    return HttpServer(server, conns, asyncio.ensure_future(_sweep(conns)))
 
 
-async def stop_http(server):
+async def stop_http(http):
     """Stop listening, drop every connection and wait for the handlers to finish."""
-    server.sweeper.cancel()
-    server.close()
+    http.sweeper.cancel()
+    http.server.close()
     tasks = []
-    for conn in list(server.conns):
+    for conn in list(http.conns):
         conn.transport.abort()
         if conn.task is not None:
             conn.task.cancel()
             tasks.append(conn.task)
-    await asyncio.gather(server.sweeper, *tasks, return_exceptions=True)
+    await asyncio.gather(http.sweeper, *tasks, return_exceptions=True)
 
 
 async def _sweep(conns):
@@ -144,6 +174,7 @@ class _Connection(asyncio.Protocol):
         self.deadline = None
         self.transport = None
         self.task = None
+        self.keep = True
         self.loop = asyncio.get_running_loop()
 
     def connection_made(self, transport):
@@ -207,16 +238,17 @@ class _Connection(asyncio.Protocol):
         conn = headers.get("connection", "").lower()
         keep = conn != "close" and (version == "HTTP/1.1" or conn == "keep-alive")
         self.busy = True
-        req = Request(method, path, query, headers, body, self.peer)
+        self.keep = keep
+        req = Request(method, path, query, headers, body, self.peer, self._reply)
         try:
             resp = self.handler(req)
         except Exception:  # a bug in one handler must not take the server down
             log.exception("error handling %s %s", method, path)
             resp = error(500, "internal error")
+        if resp is DEFERRED:
+            return
         if isinstance(resp, Response):
             self._send(resp, keep)
-        elif isinstance(resp, asyncio.Future):
-            resp.add_done_callback(lambda f: self._send(f.result(), keep))
         else:  # a coroutine
             self.task = self.loop.create_task(self._answer(resp, req, keep))
 
@@ -231,6 +263,10 @@ class _Connection(asyncio.Protocol):
                 await self._stream(resp)
             return
         self._send(resp, keep)
+
+    def _reply(self, resp):
+        """The answer to the request in flight (one at a time per connection)."""
+        self._send(resp, self.keep)
 
     def _send(self, resp, keep):
         if self.closed:

@@ -17,9 +17,11 @@ Reads use one connection per thread.
 """
 
 import concurrent.futures
+import functools
 import itertools
 import json
 import logging
+import operator
 import queue
 import sqlite3
 import threading
@@ -27,6 +29,8 @@ import time
 from urllib.parse import unquote, urlparse
 
 from ctmeter.serve.validate import to_json
+
+log = logging.getLogger("ctmeter.serve")
 
 COLUMNS = (
     ("device_id", "device_id"),
@@ -74,9 +78,11 @@ _ALERTS_DDL = (
 _INSERT = "INSERT INTO readings ({}) VALUES ({})".format(
     ", ".join(DB_COLS), ", ".join("?" for _ in DB_COLS)
 )
-_UPSERT_DEVICE = (
-    "INSERT INTO devices (device_id, last_seen_ms, interval_s, last_ts_ms, last_json)"
-    " VALUES (?, ?, ?, ?, ?) ON CONFLICT (device_id) DO UPDATE SET"
+_INSERT_OR_IGNORE = f"INSERT OR IGNORE INTO readings ({', '.join(DB_COLS)})"
+_UPSERT_DEVICE_HEAD = (
+    "INSERT INTO devices (device_id, last_seen_ms, interval_s, last_ts_ms, last_json)")
+_UPSERT_DEVICE_TAIL = (
+    " ON CONFLICT (device_id) DO UPDATE SET"
     " last_seen_ms = CASE WHEN excluded.last_seen_ms > devices.last_seen_ms"
     "   THEN excluded.last_seen_ms ELSE devices.last_seen_ms END,"
     " interval_s = COALESCE(excluded.interval_s, devices.interval_s),"
@@ -85,6 +91,9 @@ _UPSERT_DEVICE = (
     " last_ts_ms = CASE WHEN excluded.last_ts_ms >= devices.last_ts_ms"
     "   THEN excluded.last_ts_ms ELSE devices.last_ts_ms END"
 )
+# TimescaleDB (1.x/2.x create_hypertable, integer time column in ms: one chunk per day).
+HYPERTABLE_SQL = ("SELECT create_hypertable('readings', 'ts_ms',"
+                  " chunk_time_interval => 86400000, if_not_exists => TRUE)")
 _ENERGY = (
     "SELECT device_id, ts_ms, energy_mwh, prev_e, power_w, ts_ms - prev_ts AS gap_ms, interval_s"
     " FROM (SELECT device_id, ts_ms, energy_mwh, power_w, interval_s,"
@@ -106,8 +115,17 @@ def _call(done, flags, exc):
         logging.getLogger("ctmeter.serve").exception("storage callback failed")
 
 
-def _db_row(row):
-    return tuple(row[k] for k in ROW_KEYS)
+_db_row = operator.itemgetter(*ROW_KEYS)  # row dict -> tuple in DB_COLS order
+
+# Rows per multi-row INSERT: 512 x 14 columns stays under SQLite's 32,766 parameters.
+ROWS_PER_STATEMENT = 512
+
+
+@functools.lru_cache(maxsize=64)
+def multi_row_sql(head, width, rows, tail="", placeholder="?"):
+    """`head VALUES (?, ...), (?, ...) tail` for `rows` rows of `width` values each."""
+    one = "(" + ", ".join(placeholder for _ in range(width)) + ")"
+    return f"{head} VALUES {', '.join(one for _ in range(rows))}{tail}"
 
 
 def _from_db(values):
@@ -257,8 +275,11 @@ class Storage:
                 self._dev_next_flush = time.monotonic() + DEVICE_PERSIST_S
         params = [(dev, seen, interval, row["ts_ms"], json.dumps(to_json(row)))
                   for dev, (seen, interval, row) in items]
-        if params:
-            conn.cursor().executemany(self.sql(_UPSERT_DEVICE), params)
+        cur = conn.cursor()
+        for start in range(0, len(params), 1000):  # one statement, not one per device
+            part = params[start:start + 1000]      # (distinct keys: a multi-row upsert is fine)
+            cur.execute(multi_row_sql(_UPSERT_DEVICE_HEAD, 5, len(part), _UPSERT_DEVICE_TAIL,
+                                      self.placeholder), [v for p in part for v in p])
         if commit:
             conn.commit()
 
@@ -435,17 +456,24 @@ class SQLiteStorage(Storage):
         conn.commit()
 
     def _insert_batch(self, conn, rows):
-        text = _INSERT.replace("INSERT INTO", "INSERT OR IGNORE INTO")
-        # Fast path: one executemany; if every row was new (the usual case) we are done.
-        # Otherwise undo it and insert row by row to learn which ones were duplicates.
+        # Fast path: the batch as multi-row INSERTs. Python's sqlite3 lets go of the GIL for
+        # every sqlite3_step, and an executemany of n rows is n steps, each waiting for the
+        # busy event loop to hand the GIL back (up to the 5 ms switch interval): one
+        # statement per 512 rows keeps the writer from crawling while the loop is busy.
+        # If every row was new (the usual case) we are done; otherwise undo it and insert
+        # row by row to learn which ones were duplicates.
         conn.execute("SAVEPOINT batch")
         before = conn.total_changes
-        conn.executemany(text, [_db_row(r) for r in rows])
+        for start in range(0, len(rows), ROWS_PER_STATEMENT):
+            part = rows[start:start + ROWS_PER_STATEMENT]
+            conn.execute(multi_row_sql(_INSERT_OR_IGNORE, len(DB_COLS), len(part)),
+                         [v for r in part for v in _db_row(r)])
         if conn.total_changes - before == len(rows):
             conn.execute("RELEASE batch")
             return [True] * len(rows)
         conn.execute("ROLLBACK TO batch")
         conn.execute("RELEASE batch")
+        text = _INSERT.replace("INSERT INTO", "INSERT OR IGNORE INTO")
         cur = conn.cursor()
         flags = []
         for row in rows:
@@ -474,6 +502,7 @@ class PostgresStorage(Storage):
         self._psycopg = psycopg
         self.url = url
         self.hypertable = False
+        self.timescaledb = None  # what _setup found: see _try_hypertable
         self._unnest_sql = (
             f"INSERT INTO readings ({', '.join(DB_COLS)}) SELECT * FROM unnest("
             + ", ".join(f"%s::{_PG_ARRAY[c]}[]" for c in DB_COLS)
@@ -499,6 +528,7 @@ class PostgresStorage(Storage):
             if not fresh:
                 cur.execute("SELECT 1 FROM pg_indexes WHERE indexname = 'readings_dev_seq_ts'")
                 self.hypertable = cur.fetchone() is not None
+                self.timescaledb = "hypertable" if self.hypertable else "existing plain table"
             # A hypertable's unique index must contain its time column: a replayed reading
             # carries its original ts, so (device, seq, ts) still catches every duplicate.
             if self.hypertable:
@@ -516,20 +546,37 @@ class PostgresStorage(Storage):
             conn.commit()
 
     def _try_hypertable(self, conn):
+        """Make `readings` a TimescaleDB hypertable when the server has the extension. What
+        happened is kept in self.timescaledb: "not available" (pg_available_extensions has
+        no timescaledb: a plain table), "not usable: ..." (listed, but CREATE EXTENSION or
+        create_hypertable failed, e.g. not in shared_preload_libraries) or "hypertable"."""
         cur = conn.cursor()
-        cur.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'")
-        if cur.fetchone() is None:
+        if not self._timescaledb_available(cur):
+            self.timescaledb = "not available"
+            log.info("PostgreSQL has no timescaledb extension: readings is a plain table")
             return False
         conn.commit()
         try:
-            cur.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
-            cur.execute("SELECT create_hypertable('readings', 'ts_ms',"
-                        " chunk_time_interval => 86400000, if_not_exists => TRUE)")
+            self._create_extension(cur)
+            cur.execute(HYPERTABLE_SQL)
             conn.commit()
-            return True
-        except self._psycopg.Error:  # e.g. not in shared_preload_libraries
+        except self._psycopg.Error as exc:
             conn.rollback()
+            self.timescaledb = f"not usable: {str(exc).splitlines()[0]}"
+            log.warning("timescaledb is available but %s; readings is a plain table",
+                        self.timescaledb)
             return False
+        self.timescaledb = "hypertable"
+        return True
+
+    @staticmethod
+    def _timescaledb_available(cur):
+        cur.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'")
+        return cur.fetchone() is not None
+
+    @staticmethod
+    def _create_extension(cur):
+        cur.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
 
     def _insert_batch(self, conn, rows):
         # One statement for the whole batch: the columns travel as arrays and unnest() turns
