@@ -75,9 +75,10 @@ class UnixBoard(BoardBase):
         self._timelapse_ns = int(float(os.getenv("CTMETER_TIMELAPSE_S") or 0) * 1e9)
         epoch = os.getenv("CTMETER_EPOCH")
         self._epoch_s = int(epoch) if epoch else int(time.time())
-        # simulated clock: _sim_ns at real time _sync_ns
+        # simulated clock: _sim_ns at real time _sync_us (time.ticks_us: time.time_ns()
+        # allocates a big int on this port, and the sampling path must allocate nothing)
         self._sim_ns = 0
-        self._sync_ns = time.time_ns()
+        self._sync_us = time.ticks_us()
         self._sampled_frames = 0
         self._late_max_us = 0
         self._wdt_timeout_ns = 0
@@ -87,14 +88,14 @@ class UnixBoard(BoardBase):
     def _now_ns(self):
         if self._exact:
             return self._sim_ns
-        return self._sim_ns + (time.time_ns() - self._sync_ns)
+        return self._sim_ns + time.ticks_diff(time.ticks_us(), self._sync_us) * 1000
 
     def _sync(self):
         if self._exact:
             return
-        now = time.time_ns()
-        self._sim_ns += now - self._sync_ns
-        self._sync_ns = now
+        now = time.ticks_us()
+        self._sim_ns += time.ticks_diff(now, self._sync_us) * 1000
+        self._sync_us = now
 
     def ticks_us(self):
         return (_TICKS_START_US + self._now_ns() // 1000) & _MASK
@@ -140,7 +141,7 @@ class UnixBoard(BoardBase):
             self._sync()
         else:
             self._sim_ns = end_ns
-            self._sync_ns = time.time_ns()
+            self._sync_us = time.ticks_us()
         self._sampled_frames += n
         self._check_wdt()
 

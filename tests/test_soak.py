@@ -1,0 +1,96 @@
+# SPDX-License-Identifier: MIT
+"""Seven simulated days of a household load on the virtual board, firmware as deployed.
+
+The firmware runs as `ctmeter deploy` puts it on a board (mpy-cross bytecode under lib/,
+boot.py, main.py, config.json), with the sampling loop heap-locked (CTMETER_HEAP_LOCK=1:
+any allocation while a burst is read and accumulated raises at once and is counted in
+status `mem_errors`), posting a reading per minute to a local receiver. Time-lapse: each
+0.2 s window is followed by 9.8 s of skipped time, so a week takes a few minutes... of which
+the meter integrates every second (energy integrates elapsed time, not sampled time).
+
+Heap: the issue asks for 64 KB. On this 64-bit unix port the deployed firmware needs more
+(measured: the imported code and its data ~105 KB resident, plus ~30 KB while the console
+parser and command handlers are loaded for a line); SOAK_HEAP is the smallest round size
+it runs in with room to spare. Objects are about half that size on the 32-bit ESP32. The
+gap is recorded in the firmware issue.
+"""
+
+import threading
+from http.server import ThreadingHTTPServer
+
+import pytest
+from ctmeter.boards import load_board
+from ctmeter.deploy import build
+from ctmeter.model import Channel, Frontend, Mains, Stream, varying_profile
+from ctmeter.virtual.meter import StreamSource, meter_config
+from ctmeter.virtual.supervisor import VirtualBoard
+
+from tests.test_firmware_sim import Console, Receiver, wait_sim_time
+
+SOAK_HEAP = "160k"
+DAYS = 7
+FS = 4000
+
+
+def deploy_to(flash, config):
+    """Write what `ctmeter deploy` would write for the virtual board into flash/."""
+    import json
+
+    flash.mkdir(parents=True, exist_ok=True)
+    for dest, f in build(load_board("virtual"), out_dir=flash.parent / "build").items():
+        path = flash / dest
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(f.data)
+    (flash / "config.json").write_text(json.dumps(config))
+
+
+@pytest.mark.slow
+def test_seven_days_heap_flat_and_kwh_on_truth(tmp_path):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    server.state = {"down": False, "received": []}
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/api/measurements"
+    stream = Stream([Channel(Frontend("sct013-030", ideal=True),
+                             varying_profile(DAYS + 0.5, seed=5))],
+                    mains=Mains(seed=5), voltage=Frontend("zmpt101b", ideal=True),
+                    sample_rate=FS, seed=5)
+    config = meter_config(stream, {"device_id": "soak", "interval_s": 60,
+                                   "http": {"enabled": True, "url": url,
+                                            "token": "s3cret-token"}})
+    deploy_to(tmp_path / "flash", config)
+    vb = VirtualBoard(tmp_path / "flash", StreamSource(stream), clock="fast", timelapse_s=9.8,
+                      heapsize=SOAK_HEAP, firmware="flash",
+                      extra_env={"CTMETER_HEAP_LOCK": "1"}).start()
+    samples = []
+    try:
+        con = Console(vb.port)
+        for day in range(DAYS + 1):
+            wait_sim_time(vb, max(600, day * 86400), timeout=300)
+            st = con.cmd("status")
+            samples.append((day, st["heap_used"], st["heap_free"], st["mem_errors"]))
+        read = con.cmd("read")
+        first = vb.feed.first_frame / FS
+        resets = list(vb.resets)
+        con.close()
+    finally:
+        vb.stop()
+        server.shutdown()
+    print("day, heap_used, heap_free, mem_errors:", samples)
+
+    assert resets == []  # no crash, no watchdog reset, no MemoryError reboot
+    assert all(s[3] == 0 for s in samples)  # nothing allocated in a heap-locked burst
+    used = [s[1] for s in samples[1:]]  # after the first day: warmed up
+    assert max(used) - min(used) <= 1024, samples  # flat: no growth over the week
+
+    last = first + read["uptime_ms"] / 1000
+    assert last - first >= DAYS * 86400
+    true_kwh = stream.energy_wh(0, first, last) / 1000
+    kwh = float(read["ch1"]["energy_kwh"])
+    print("kWh meter %.3f truth %.3f error %+.4f %%" % (kwh := float(read["ch1"]["energy_kwh"]),
+          true_kwh, 100 * (kwh / true_kwh - 1)))
+    assert true_kwh > 10  # a real household week, not an idle line
+    assert kwh == pytest.approx(true_kwh, rel=0.002)
+
+    seqs = sorted({r["seq"] for r in server.state["received"]})
+    assert len(seqs) >= DAYS * 1440 * 0.99  # a reading a minute, delivered
+    assert seqs == list(range(seqs[0], seqs[-1] + 1))
