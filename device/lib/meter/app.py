@@ -293,12 +293,12 @@ class Meter:
             out.append(body)
             a.reset()
         gc.collect()
-        if self._mqtt is not None:
-            self._mqtt_publish(out)
-        if self._http is None:
+        if self._http is not None and self._mqtt is not None:
+            self._mqtt_publish(out)  # a live mirror; HTTP is the delivery that keeps order
+        if self._http is None and self._mqtt is None:
             return
         if self.outbox.depth() == 0 and self._link_ready():
-            if self._post(out):
+            if self._send(out):
                 return
         for body in out:
             self.outbox.append(body)
@@ -307,6 +307,23 @@ class Meter:
         if self._retry_at is None:
             return True
         return self.board.ticks_diff(self.board.ticks_ms(), self._retry_at) >= 0
+
+    def _send(self, bodies):
+        """Deliver in order over the delivering link: HTTP, or MQTT when HTTP is off (then
+        readings that cannot be published wait in the outbox like HTTP's). True if done."""
+        if self._http is not None:
+            return self._post(bodies)
+        try:
+            self._mqtt.publish_readings(bodies)
+        except OSError as exc:  # MqttError is an OSError. Bodies before the failure went
+            # out; they go again from the outbox (QoS 1 is at-least-once anyway: receivers
+            # deduplicate on seq)
+            self.mqtt_result = "error: %s" % getattr(exc, "kind", "network")
+            self._failed(self.mqtt_result)
+            return False
+        self.mqtt_result = "ok"
+        self._delivered()
+        return True
 
     def _post(self, bodies):
         from meter.http_post import PostError
@@ -319,12 +336,15 @@ class Meter:
             return False
         if 200 <= status < 300:
             self.post_result = "ok %d" % status
-            self.posts_ok += 1
-            self._backoff_ms = 0
-            self._retry_at = None
+            self._delivered()
             return True
         self._failed("http %d" % status)
         return False
+
+    def _delivered(self):
+        self.posts_ok += 1
+        self._backoff_ms = 0
+        self._retry_at = None
 
     def _failed(self, why):
         self.post_result = why
@@ -334,13 +354,14 @@ class Meter:
 
     def _deliver(self, now_ms):
         """Drain the outbox, oldest first, while the link answers."""
-        if self._http is None or self.outbox.depth() == 0 or not self._link_ready():
+        if (self._http is None and self._mqtt is None) or self.outbox.depth() == 0 \
+                or not self._link_ready():
             return
         for _ in range(_DRAIN_BATCHES):
             batch = self.outbox.peek(_BATCH)
             if not batch:
                 return
-            if not self._post(batch):
+            if not self._send(batch):
                 return
             self.outbox.ack(len(batch))
 
@@ -348,9 +369,7 @@ class Meter:
         try:
             self._mqtt.publish_readings(bodies)
             self.mqtt_result = "ok"
-        except OSError as exc:  # MqttError is an OSError.
-            # Only HTTP delivery goes through the outbox: with MQTT alone a failed publish
-            # loses that interval's readings (open gap, see the firmware issue).
+        except OSError as exc:  # MqttError is an OSError
             self.mqtt_result = "error: %s" % getattr(exc, "kind", "network")
 
     # ---------------------------------------------------------------- persistence
