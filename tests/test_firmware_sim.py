@@ -125,7 +125,12 @@ class Receiver(BaseHTTPRequestHandler):
             return
         assert self.headers["Authorization"] == "Bearer s3cret-token"
         data = json.loads(body)
-        for r in data if isinstance(data, list) else [data]:
+        batch = data if isinstance(data, list) else [data]
+        if any(st.get("reject", lambda r: False)(r) for r in batch):
+            self.send_response(422)  # all or nothing, as the collector does
+            self.end_headers()
+            return
+        for r in batch:
             st["received"].append(r)
         self.send_response(201)
         self.end_headers()
@@ -169,3 +174,74 @@ def test_six_hour_outage_delivers_everything_in_order(tmp_path):
     assert first_seen == unique  # delivered in order
     assert unique == list(range(unique[0], unique[-1] + 1))  # none missing
     assert all(r["deviceId"] == "t2" for r in got)
+
+
+def _receiver(reject=lambda r: False):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    server.state = {"down": False, "received": [], "reject": reject}
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}/api/measurements"
+
+
+def _http(url):
+    return {"http": {"enabled": True, "url": url, "token": "s3cret-token"}}
+
+
+@pytest.mark.parametrize("ntp", [False, True])
+def test_no_reading_carries_an_unset_clock(tmp_path, ntp):
+    server, url = _receiver()
+    stream = Stream([Channel(Frontend("sct013-030", ideal=True), Resistive(watts=1000))],
+                    mains=Mains.clean(), sample_rate=4000, seed=4)
+    # epoch 0: the clock reads 1970, as an ESP32's RTC after a power cut
+    vb = start_virtual_meter(tmp_path / "flash", stream, {"device_id": "c1", **_http(url)},
+                             timelapse_s=9.8, epoch=0,
+                             extra_env={"CTMETER_NTP": "1" if ntp else "0"})
+    try:
+        con = Console(vb.port)
+        wait_sim_time(vb, 300)
+        status = con.cmd("status")
+        read = con.cmd("read")
+        con.close()
+        time.sleep(0.3)
+    finally:
+        vb.stop()
+        server.shutdown()
+    got = server.state["received"]
+    assert float(read["ch1"]["energy_kwh"]) > 0  # energy is counted all the same
+    if ntp:
+        assert status["clock"] == "set" and len(got) >= 20
+        # the clock came from "NTP" (the host's time); simulated time then runs faster
+        assert abs(got[0]["ts"] - time.time()) < 120
+        steps = [b["ts"] - a["ts"] for a, b in zip(got, got[1:], strict=False)]
+        assert all(step == pytest.approx(10, abs=1) for step in steps)
+    else:
+        assert status["clock"] == "unset" and got == []
+
+
+def test_a_refused_reading_is_dropped_not_retried_for_ever(tmp_path):
+    # the collector refuses some readings (422): the others must still flow, in order
+    server, url = _receiver(reject=lambda r: r["seq"] % 5 == 2)
+    stream = Stream([Channel(Frontend("sct013-030", ideal=True), Resistive(watts=1000))],
+                    mains=Mains.clean(), sample_rate=4000, seed=4)
+    vb = start_virtual_meter(tmp_path / "flash", stream, {"device_id": "r1", **_http(url)},
+                             timelapse_s=9.8)
+    try:
+        con = Console(vb.port)
+        wait_sim_time(vb, 600)
+        server.state["down"] = True  # a backlog, so batches with refused readings are sent
+        wait_sim_time(vb, 1200)
+        server.state["down"] = False
+        wait_sim_time(vb, 1800)
+        time.sleep(0.3)
+        status = con.cmd("status")
+        con.close()
+    finally:
+        vb.stop()
+        server.shutdown()
+    seqs = [r["seq"] for r in server.state["received"]]
+    unique = sorted(set(seqs))
+    assert status["rejected"] >= 20 and status["outbox"]["depth"] <= 2
+    assert all(s % 5 != 2 for s in unique)
+    expected = [s for s in range(unique[0], unique[-1] + 1) if s % 5 != 2]
+    assert unique == expected
+    assert list(dict.fromkeys(seqs)) == unique  # in order

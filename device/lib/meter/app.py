@@ -49,6 +49,10 @@ _BACKOFF_MIN_MS = 2000
 _BACKOFF_MAX_MS = 300000
 _DRAIN_BATCHES = 4  # outbox batches per loop turn while draining (each costs a round trip)
 _BATCH = 8
+_CLOCK_RETRY_MS = 30000  # NTP attempts while the clock is unset
+# HTTP answers that refuse the reading itself: resending cannot help, so it is dropped (and
+# counted) instead of blocking the outbox. 401/403 (a token to fix) and 5xx/408/429 retry.
+_REJECTED = (400, 413, 422)
 # SCT-013-030 (30 A per volt) at 11 dB, 3.3 V over 4096 codes: the scale when the host
 # wrote none. Deploy computes the right one from sensor profile, burden and board.
 _DEFAULT_AMPS_PER_COUNT = 30.0 * 3.3 / 4096
@@ -145,6 +149,9 @@ class Meter:
                                drop=_MPY)
         self.hook = None  # called after each window by commands that need live data
         self.mem_errors = 0
+        self.rejected = 0
+        self.clock_ok = False
+        self._clock_try_ms = None
         self.last_raw = []
         self.uptime_ms = 0
         self.running = False
@@ -194,6 +201,7 @@ class Meter:
     def run(self):
         c = self.cfg.data
         self.board.wifi_connect(c["wifi"]["ssid"], self.cfg.secret("wifi.password"))
+        self.clock_ok = self.board.sync_clock()
         print(BOOT_PREFIX + json.dumps({
             "version": VERSION, "device": c["device_id"], "platform": self.board.platform,
             "channels": self.nchan, "voltage": self.vch is not None,
@@ -274,8 +282,23 @@ class Meter:
         self._duty_start_us = now
 
     # ---------------------------------------------------------------- readings
+    def _clock_ready(self):
+        # Readings carry wall-clock time: none is made before the clock is set (after a
+        # power cut the ESP32's RTC restarts at its epoch). The interval sums keep
+        # accumulating, so the first reading covers all the time since the last one.
+        if self.clock_ok:
+            return True
+        b = self.board
+        now = b.ticks_ms()
+        if self._clock_try_ms is None or b.ticks_diff(now, self._clock_try_ms) >= _CLOCK_RETRY_MS:
+            self._clock_try_ms = now
+            self.clock_ok = b.sync_clock()
+        return self.clock_ok
+
     def _make_readings(self):
         c = self.cfg.data
+        if not self._clock_ready():
+            return
         ts = self.board.unix_time()
         out = []
         for i in range(self.nchan):
@@ -337,6 +360,15 @@ class Meter:
         if 200 <= status < 300:
             self.post_result = "ok %d" % status
             self._delivered()
+            return True
+        if status in _REJECTED:
+            if len(bodies) > 1:  # a batch is all or nothing: find the refused ones
+                for body in bodies:
+                    if not self._post((body,)):
+                        return False
+                return True
+            self.rejected += 1
+            self.post_result = "rejected: http %d" % status
             return True
         self._failed("http %d" % status)
         return False

@@ -22,6 +22,8 @@ Interface (all boards):
     ticks_ms() / ticks_us()        wrapping tick counters (period 2**30, like the chip)
     ticks_diff(a, b)               signed difference, wrap-safe
     unix_time()                    seconds since 1970 (UTC)
+    clock_set()                    True once unix_time() is real (after 2020), e.g. from NTP
+    sync_clock()                   try to set the clock (ESP32: NTP, needs Wi-Fi); True if set
     sleep_ms(ms)
     wdt_start(timeout_ms) / wdt_feed()
     wifi_connect(ssid, password)   starts a connection attempt, never blocks long
@@ -37,6 +39,7 @@ import sys
 
 _TICKS_PERIOD = 1 << 30
 _TICKS_HALF = 1 << 29
+_CLOCK_VALID_AFTER = 1600000000  # 2020-09-13: a clock before this was never set
 
 
 def ticks_diff(a, b):
@@ -75,6 +78,12 @@ class BoardBase:
 
     def sampling(self, on):
         pass
+
+    def clock_set(self):
+        return self.unix_time() > _CLOCK_VALID_AFTER
+
+    def sync_clock(self):
+        return self.clock_set()
 
 
 def make_board(channel_pins, voltage_pin=None, atten_db=11, sample_rate_hz=4000):

@@ -61,6 +61,18 @@ class Esp32Board(BoardBase):
     def sleep_ms(self, ms):
         time.sleep_ms(ms)
 
+    def sync_clock(self):
+        # NTP over Wi-Fi (one UDP round trip, ~1 s timeout in ntptime); the RTC keeps the
+        # time across soft resets, not across power cuts
+        if self.wifi_status() == "connected":
+            try:
+                import ntptime
+
+                ntptime.settime()
+            except (OSError, OverflowError, ImportError):
+                pass
+        return self.clock_set()
+
     # watchdog: armed only by the running meter, so deploy sessions (main.py skipped) are safe
     def wdt_start(self, timeout_ms):
         self._wdt = machine.WDT(timeout=timeout_ms)

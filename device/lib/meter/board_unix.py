@@ -13,7 +13,10 @@ Environment (set by the host's virtual-board runner, host/ctmeter/virtual/):
     CTMETER_TIMELAPSE_S simulated seconds skipped after each measured window (default 0).
                         A test accelerator for multi-day soaks: the meter samples one
                         window, then time jumps; energy still integrates the elapsed time.
-    CTMETER_EPOCH       Unix time at the start of the simulation (default: now)
+    CTMETER_EPOCH       Unix time at the start of the simulation (default: now); 0 starts
+                        with an unset clock, as a board after a power cut
+    CTMETER_NTP         "1": sync_clock() succeeds (sets the clock to the host's time), as
+                        NTP would; otherwise an unset clock stays unset
 
 Feed protocol (allocation-free on this side): request = struct '<QI' (first frame index,
 frame count); response = count * nch little-endian uint16 codes, frame-major. The frame
@@ -74,7 +77,7 @@ class UnixBoard(BoardBase):
         self._lock = os.getenv("CTMETER_HEAP_LOCK") == "1"
         self._timelapse_ns = int(float(os.getenv("CTMETER_TIMELAPSE_S") or 0) * 1e9)
         epoch = os.getenv("CTMETER_EPOCH")
-        self._epoch_s = int(epoch) if epoch else int(time.time())
+        self._epoch_s = int(epoch) if epoch is not None and epoch != "" else int(time.time())
         # simulated clock: _sim_ns at real time _sync_us (time.ticks_us: time.time_ns()
         # allocates a big int on this port, and the sampling path must allocate nothing)
         self._sim_ns = 0
@@ -108,6 +111,11 @@ class UnixBoard(BoardBase):
 
     def sim_seconds(self):
         return self._now_ns() / 1e9
+
+    def sync_clock(self):
+        if not self.clock_set() and os.getenv("CTMETER_NTP") == "1":
+            self._epoch_s = int(time.time()) - self._now_ns() // 1000000000
+        return self.clock_set()
 
     def sleep_ms(self, ms):
         if self._realtime:

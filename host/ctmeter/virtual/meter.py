@@ -57,10 +57,10 @@ def meter_config(stream, overrides=None):
 
 
 def start_virtual_meter(flash_dir, stream, overrides=None, clock="fast", timelapse_s=0.0,
-                        heapsize=SIM_HEAP, epoch=None, write_config=True):
+                        heapsize=SIM_HEAP, epoch=None, write_config=True, extra_env=None):
     flash = Path(flash_dir)
     flash.mkdir(parents=True, exist_ok=True)
     if write_config:
         (flash / "config.json").write_text(json.dumps(meter_config(stream, overrides), indent=1))
     return VirtualBoard(flash, StreamSource(stream), clock=clock, timelapse_s=timelapse_s,
-                        heapsize=heapsize, epoch=epoch).start()
+                        heapsize=heapsize, epoch=epoch, extra_env=extra_env).start()
