@@ -217,6 +217,11 @@ class Meter:
             while self.running:
                 try:
                     self.step()
+                except KeyboardInterrupt:
+                    # Ctrl-C: mpremote or a deploy wants the REPL; the watchdog must not
+                    # reset the board under it
+                    self.board.wdt_hold()
+                    raise
                 except MemoryError:
                     # a fragmented heap must not stop the meter: that window (or that
                     # post, that console line) is lost, energy keeps integrating over time

@@ -26,6 +26,8 @@ Interface (all boards):
     sync_clock()                   try to set the clock (ESP32: NTP, needs Wi-Fi); True if set
     sleep_ms(ms)
     wdt_start(timeout_ms) / wdt_feed()
+    wdt_hold()                     the meter was stopped on purpose (Ctrl-C): keep the
+                                   watchdog from firing for a while (ESP32: 15 min)
     wifi_connect(ssid, password)   starts a connection attempt, never blocks long
     wifi_status()                  "connected" | "connecting" | "down" | "sim"
     rssi()                         dBm or None
@@ -77,6 +79,9 @@ class BoardBase:
         pass
 
     def sampling(self, on):
+        pass
+
+    def wdt_hold(self):
         pass
 
     def clock_set(self):

@@ -16,6 +16,7 @@ from meter.board import BoardBase
 from meter.paced import paced_read
 
 # MicroPython's epoch on the ESP32 port (time.gmtime(0)); 1970 on newer builds.
+_HOLD_MIN = 15  # watchdog held off this long after Ctrl-C (deploys, mpremote sessions)
 _EPOCH_OFFSET = 946684800 if time.gmtime(0)[0] == 2000 else 0
 
 
@@ -76,6 +77,15 @@ class Esp32Board(BoardBase):
     # watchdog: armed only by the running meter, so deploy sessions (main.py skipped) are safe
     def wdt_start(self, timeout_ms):
         self._wdt = machine.WDT(timeout=timeout_ms)
+
+    def wdt_hold(self, minutes=_HOLD_MIN):
+        # The meter was stopped on purpose (Ctrl-C: mpremote, a deploy). The ESP32's task
+        # watchdog cannot be stopped, but a new WDT() reconfigures its timeout, and that
+        # survives the soft resets mpremote does (a Timer feeding it would not: soft reset
+        # stops timers). After `minutes` in the REPL the board resets back into the meter,
+        # so a forgotten session does not leave it unmeasured for good.
+        if self._wdt is not None:
+            self._wdt = machine.WDT(timeout=minutes * 60000)
 
     def wdt_feed(self):
         if self._wdt is not None:

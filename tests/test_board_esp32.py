@@ -1,0 +1,117 @@
+# SPDX-License-Identifier: MIT
+"""The ESP32 board layer on the MicroPython unix port, with `machine` and `network` faked at
+their Python API (the lowest boundary reachable without a chip): ADC set-up, the paced viper
+sampling loop, the watchdog (armed, fed, held off after Ctrl-C for a deploy), NTP, Wi-Fi.
+
+Not covered here (needs a board, `make test-board`): real ADC timing and noise, the real
+task watchdog, the Wi-Fi driver.
+"""
+
+import json
+
+import pytest
+
+SCRIPT = r"""
+import sys, json
+
+log = []
+
+class Pin:
+    def __init__(self, n):
+        self.n = n
+
+class ADC:
+    ATTN_0DB, ATTN_2_5DB, ATTN_6DB, ATTN_11DB = 0, 1, 2, 3
+    def __init__(self, pin, atten):
+        log.append(["adc", pin.n, atten])
+        self.k = pin.n
+    def read_u16(self):
+        self.k += 1
+        return ((self.k * 37) % 4096) << 4 | 0xF   # 12-bit code, low bits as the ADC fills
+
+class WDT:
+    def __init__(self, timeout):
+        log.append(["wdt", timeout])
+    def feed(self):
+        log.append(["feed"])
+
+class machine:
+    Pin = Pin
+    ADC = ADC
+    WDT = WDT
+    def reset():
+        log.append(["reset"])
+
+class WLAN:
+    def __init__(self, mode):
+        self.connected = False
+    def active(self, on):
+        log.append(["active", on])
+    def isconnected(self):
+        return self.connected
+    def connect(self, ssid, password):
+        log.append(["connect", ssid])
+    def status(self, what=None):
+        return -60 if what == "rssi" else 1001
+
+class network:
+    STA_IF = 0
+    STAT_CONNECTING = 1001
+    WLAN = WLAN
+
+class ntptime:
+    def settime():
+        log.append(["ntp"])
+
+sys.modules["machine"] = machine
+sys.modules["network"] = network
+sys.modules["ntptime"] = ntptime
+
+from array import array
+from meter.board_esp32 import Esp32Board
+
+b = Esp32Board([34, 35], voltage_pin=36, atten_db=11, sample_rate_hz=4000)
+buf = array("H", bytes(2 * 3 * 50))
+b.read_frames(buf, 0, 50)
+rate, late = b.sampling_stats()
+codes = list(buf[:9])
+out = {"nch": b.nch, "codes": codes, "rate": rate, "late": late}
+out["wifi_before"] = b.wifi_status()
+b.wifi_connect("home", "hunter2-wifi-PASS")
+out["wifi_connecting"] = b.wifi_status()
+b.sync_clock()
+out["ntp_offline"] = ["ntp"] in log
+b._wlan.connected = True
+out["wifi_up"] = b.wifi_status()
+out["rssi"] = b.rssi()
+b.sync_clock()
+b.wdt_hold()            # before the meter armed it: nothing to hold
+b.wdt_start(30000)
+b.wdt_feed()
+b.wdt_hold()
+out["log"] = log
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.micropython
+def test_esp32_board_layer_with_machine_faked(micropython):
+    out = json.loads(micropython.run(SCRIPT, heapsize="64k").strip().splitlines()[-1])
+    log = out["log"]
+    assert out["nch"] == 3
+    # ADC1 pins at 11 dB (ATTN_11DB = 3 in the fake), voltage input last
+    assert log[:3] == [["adc", 34, 3], ["adc", 35, 3], ["adc", 36, 3]]
+    # read_u16 >> 4: the 12-bit code, frame-major, one read per input per frame
+    assert out["codes"] == [((34 + 1 + k) * 37) % 4096 for k in range(3)] + \
+        [((35 + 1 + k) * 37) % 4096 for k in range(3)] + \
+        [((36 + 1 + k) * 37) % 4096 for k in range(3)]
+    assert out["rate"] == 4000 and out["late"] >= 0
+    assert out["wifi_before"] == "down" and out["wifi_connecting"] == "connecting"
+    assert out["ntp_offline"] is False  # no NTP attempt without Wi-Fi
+    assert out["wifi_up"] == "connected" and out["rssi"] == -60
+    assert ["ntp"] in log  # with Wi-Fi up, sync_clock asks NTP
+    wdts = [e for e in log if e[0] == "wdt"]
+    # armed at 30 s by the meter, then re-armed long (15 min) after Ctrl-C for a deploy
+    assert wdts == [["wdt", 30000], ["wdt", 15 * 60000]]
+    assert ["feed"] in log
+    assert "hunter2" not in json.dumps(out)
