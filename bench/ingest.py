@@ -79,6 +79,8 @@ class _Device(asyncio.Protocol):
         if now >= f.end:
             f.finished(self)
             return
+        if self.period and now >= f.measure_from:
+            f.send_lag.append(now - self.next_t)  # is the fleet keeping its own schedule?
         self.seq += 1
         body = self.template % (self.seq, int(time.time()), kwh_text(1_000_000 + self.seq * 250)
                                 .encode())
@@ -149,16 +151,27 @@ class Fleet:
         t0 = loop.time() + 0.5
         self.measure_from, self.end = t0 + warmup, t0 + warmup + seconds
         self.lat, self.stats = [], {"ok": 0, "errors": 0, "late": 0, "sent": 0}
+        self.send_lag = []
         self.done, self.done_set = loop.create_future(), set()
         period = self.devices / rate if rate else 0.0
         for dev in self.conns:
             dev.start(t0, period)
         await self.done
-        return self.lat, self.stats
+        return self.lat, self.stats, self.send_lag
 
     def close(self):
         for dev in self.conns:
             dev.transport.close()
+
+
+def _run_loop(coro):
+    """The fleet runs on uvloop (as the collector does): its own per-request cost is then a
+    small share of the two cores, and its answers are timed as soon as they arrive."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    return uvloop.run(coro)
 
 
 def _pct(sorted_values, p):
@@ -168,14 +181,17 @@ def _pct(sorted_values, p):
     return sorted_values[k]
 
 
-def _summary(lat, stats, seconds):
+def _summary(lat, stats, send_lag, seconds):
     lat = sorted(lat)
+    send_lag = sorted(send_lag)
     return {
         "readings_per_s": round(stats["ok"] / seconds, 1),
         "ok": stats["ok"], "errors": stats["errors"], "late": stats["late"],
         "p50_ms": round(_pct(lat, 50) * 1000, 2) if lat else None,
         "p99_ms": round(_pct(lat, 99) * 1000, 2) if lat else None,
         "max_ms": round(lat[-1] * 1000, 2) if lat else None,
+        # paced run: how late the fleet itself sent (its loop's own delay; loop clock in ms)
+        "send_lag_p99_ms": round(_pct(send_lag, 99) * 1000, 1) if send_lag else None,
     }
 
 
@@ -215,7 +231,7 @@ def bench_backend(db_url, devices, rate, seconds, saturation_s):
                 fleet.close()
                 return paced, sat
 
-            paced, sat = asyncio.run(both())
+            paced, sat = _run_loop(both())
             posted = sum(fleet.seq)
         finally:
             _stop_server(proc)
@@ -226,6 +242,7 @@ def bench_backend(db_url, devices, rate, seconds, saturation_s):
                                  - child0.ru_utime - child0.ru_stime, 1),
         "fleet_cpu_s": round(self1.ru_utime + self1.ru_stime - self0.ru_utime - self0.ru_stime, 1),
     }
+    cpu["fleet_cpu_us_per_reading"] = round(cpu["fleet_cpu_s"] / max(posted, 1) * 1e6)
     store = open_storage(db_url)
     try:
         stored = store.count()
@@ -236,30 +253,63 @@ def bench_backend(db_url, devices, rate, seconds, saturation_s):
             **cpu}
 
 
+def _meets(res, rate):
+    p = res["paced"]
+    return bool(p["readings_per_s"] >= rate * 0.98 and p["p99_ms"] is not None
+                and p["p99_ms"] < TARGET_P99_MS and p["errors"] == 0)
+
+
+def _run_summary(res):
+    p = res["paced"]
+    return {k: v for k, v in (
+        ("readings_per_s", p["readings_per_s"]), ("p50_ms", p["p50_ms"]), ("p99_ms", p["p99_ms"]),
+        ("max_ms", p["max_ms"]), ("send_lag_p99_ms", p.get("send_lag_p99_ms")),
+        ("saturation_readings_per_s", res["saturation"]["readings_per_s"]),
+        ("collector_cpu_us_per_reading", res["collector_cpu_us_per_reading"]),
+        ("fleet_cpu_us_per_reading", res["fleet_cpu_us_per_reading"]),
+        ("loadavg_1min_before", res["loadavg_1min_before"]), ("meets_target", res["meets_target"]),
+    )}
+
+
 def run(seconds=10.0, devices=1000, rate=TARGET_RATE, saturation_s=5.0,
-        backends=("sqlite", "postgresql"), write=True):
-    """Run the benchmark; returns (and with write=True records) the measured numbers."""
+        backends=("sqlite", "postgresql"), write=True, repeat=1):
+    """Run the benchmark; returns (and with write=True records) the measured numbers.
+
+    repeat > 1 runs each backend that many times (a fresh database each time): the figures
+    shown are those of the run with the median paced p99, and "runs" lists every run, so
+    the spread on a shared machine is on record."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     want = min(hard, max(soft, devices * 2 + 256))
     resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
     out = {"devices": devices, "target_rate": rate, "target_p99_ms": TARGET_P99_MS,
            "seconds": seconds, "cpus": os.cpu_count(), "python": platform.python_version(),
-           "date": time.strftime("%Y-%m-%d"), "backends": {},
+           "date": time.strftime("%Y-%m-%d"), "backends": {}, "repeat": repeat,
            # other work on the machine competes for the same cores: say how busy it was
            "loadavg_1min_before": round(os.getloadavg()[0], 2)}
     for backend in backends:
-        if backend == "sqlite":
-            with tempfile.TemporaryDirectory() as tmp:
-                res = bench_backend(f"sqlite:///{tmp}/bench.db", devices, rate, seconds,
-                                    saturation_s)
-        elif backend == "postgresql":
-            with TempPostgres(durable=True) as pg:
-                res = bench_backend(pg.create_db("bench"), devices, rate, seconds, saturation_s)
-        else:
-            raise ValueError(f"unknown backend {backend}")
-        p = res["paced"]
-        res["meets_target"] = bool(p["readings_per_s"] >= rate * 0.98 and p["p99_ms"] is not None
-                                   and p["p99_ms"] < TARGET_P99_MS and p["errors"] == 0)
+        runs = []
+        for i in range(repeat):
+            load = round(os.getloadavg()[0], 2)
+            if backend == "sqlite":
+                with tempfile.TemporaryDirectory() as tmp:
+                    res = bench_backend(f"sqlite:///{tmp}/bench.db", devices, rate, seconds,
+                                        saturation_s)
+            elif backend == "postgresql":
+                with TempPostgres(durable=True) as pg:
+                    res = bench_backend(pg.create_db("bench"), devices, rate, seconds,
+                                        saturation_s)
+            else:
+                raise ValueError(f"unknown backend {backend}")
+            res["loadavg_1min_before"] = load
+            res["meets_target"] = _meets(res, rate)
+            runs.append(res)
+            print(f"ingest {backend} run {i + 1}/{repeat}: {json.dumps(res)}", flush=True)
+        order = sorted(runs, key=lambda r: (r["paced"]["p99_ms"] is None,
+                                            r["paced"]["p99_ms"] or 0.0))
+        res = dict(order[(len(order) - 1) // 2])  # the median run (lower middle if even)
+        if repeat > 1:
+            res["runs"] = [_run_summary(r) for r in runs]
+            res["runs_meeting_target"] = sum(r["meets_target"] for r in runs)
         out["backends"][backend] = res
         print(f"ingest {backend}: {json.dumps(res)}", flush=True)
     out["loadavg_1min_after"] = round(os.getloadavg()[0], 2)
@@ -285,7 +335,7 @@ def _markdown(r):
         "",
         "| backend | paced readings/s | p50 ms | p99 ms | max ms | late | errors "
         "| saturation readings/s | saturation p99 ms | stored = posted "
-        "| collector CPU µs/reading | target met |",
+        "| collector / fleet CPU µs/reading | target met |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, b in r["backends"].items():
@@ -294,14 +344,32 @@ def _markdown(r):
             f"| {name} | {p['readings_per_s']} | {p['p50_ms']} | {p['p99_ms']} | {p['max_ms']} "
             f"| {p['late']} | {p['errors']} | {s['readings_per_s']} | {s['p99_ms']} "
             f"| {b['stored_total']} / {b['posted_total']} "
-            f"| {b.get('collector_cpu_us_per_reading', '?')} "
+            f"| {b.get('collector_cpu_us_per_reading', '?')} / "
+            f"{b.get('fleet_cpu_us_per_reading', '?')} "
             f"| {'yes' if b['meets_target'] else 'NO'} |")
-    lines += ["", "SQLite: WAL, synchronous=NORMAL, one writer thread with a 5 ms group-commit "
-              "window. PostgreSQL: fsync on, synchronous_commit on, two writer connections. "
-              "A 2xx is answered only after the commit. Collector CPU per reading is the "
-              "collector process's CPU time (both runs, start-up included) over the readings "
-              "posted: HTTP parsing, validation, storage and status all run in one CPython "
-              "process, so its event loop near one core's capacity is what sets the p99 tail.",
+    spread = [(name, b["runs"]) for name, b in r["backends"].items() if b.get("runs")]
+    if spread:
+        lines += ["", f"Each backend was run {r.get('repeat')} times (a fresh collector and "
+                  "database each time); the table shows the run with the median p99. Every "
+                  "run, paced p99 ms (1-minute load average before it):"]
+        for name, runs in spread:
+            k = sum(1 for x in runs if x["meets_target"])
+            lines.append(f"{name}: " + ", ".join(
+                f"{x['p99_ms']} ({x['loadavg_1min_before']})" for x in runs)
+                + f" — target met in {k} of {len(runs)}.")
+    lines += ["", "How the collector ingests: one CPython process; HTTP on uvloop (a small "
+              "keep-alive HTTP/1.1 parser of its own), JSON and validation on the event "
+              "loop, and each loop turn's readings handed to a writer thread as one batch. "
+              "SQLite: WAL, synchronous=NORMAL, one writer with a 5 ms group-commit window, "
+              "a batch written as multi-row INSERTs (one statement per 512 rows: an "
+              "executemany would release and re-take the GIL for every row). PostgreSQL: "
+              "fsync on, synchronous_commit on, two writer connections, a batch as one "
+              "INSERT ... SELECT FROM unnest(arrays). A 2xx is answered only after the "
+              "batch's commit. CPU per reading is each process's CPU time (both runs, "
+              "start-up included) over the readings posted; the fleet (the load generator, "
+              "its own process on uvloop) shares the same cores. Latency is per request, "
+              "from writing it to reading the whole answer, in the fleet; `send_lag_p99_ms` "
+              "in results.json says how late the fleet itself was against its schedule.",
               END]
     return "\n".join(lines)
 
@@ -328,10 +396,12 @@ def main(argv=None):
     ap.add_argument("--devices", type=int, default=1000)
     ap.add_argument("--rate", type=int, default=TARGET_RATE)
     ap.add_argument("--backends", default="sqlite,postgresql")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="runs per backend (the median run is shown, every run recorded)")
     ap.add_argument("--no-write", action="store_true", help="print only")
     a = ap.parse_args(argv)
     run(a.seconds, a.devices, a.rate, a.saturation_seconds, tuple(a.backends.split(",")),
-        not a.no_write)
+        not a.no_write, max(1, a.repeat))
     return 0
 
 

@@ -143,3 +143,28 @@ def test_alerts_store_list_read_resolve(store):
     assert [x["id"] for x in store.alerts(active=True)] == [a]
     assert store.alerts("m2")[0]["resolved"] == NOON + 0.005
     assert not store.update_alert(999999, read=True)
+
+
+def test_sqlite_checkpoints_in_its_own_thread_not_on_commit(tmp_path):
+    """Commits leave the WAL alone (a checkpoint's fsyncs would stall every reading queued
+    behind that commit); the checkpointer thread copies it into the database file."""
+    import os
+    import time
+
+    from ctmeter.serve.storage import CHECKPOINT_S, SQLiteStorage
+
+    path = tmp_path / "c.db"
+    store = SQLiteStorage(str(path))
+    try:
+        assert store._writer_conns[0].execute("PRAGMA wal_autocheckpoint").fetchone() == (0,)
+        size0 = os.path.getsize(path)
+        store.insert([reading(f"d{i % 50}", seq=i, ts=NOON + i) for i in range(3000)])
+        wal = tmp_path / "c.db-wal"
+        assert os.path.getsize(wal) > 100_000  # the readings went to the WAL...
+        end = time.monotonic() + 5 * CHECKPOINT_S
+        while os.path.getsize(path) <= size0 and time.monotonic() < end:
+            time.sleep(0.05)
+        assert os.path.getsize(path) > size0 + 100_000  # ...and the checkpointer moved them
+        assert store.count() == 3000
+    finally:
+        store.close()
