@@ -168,3 +168,22 @@ def test_sqlite_checkpoints_in_its_own_thread_not_on_commit(tmp_path):
         assert store.count() == 3000
     finally:
         store.close()
+
+
+def test_any_text_and_exact_floats_survive_the_batch_insert(store):
+    """The storage API takes rows from any caller: text that means something in SQL or in
+    an array literal is stored as given, NULLs stay NULL, floats come back bit for bit."""
+    odd = ["NULL", 'a"b', "back\\slash", "{x,y}", "sp ace", "é€"]
+    rows = []
+    for i, dev in enumerate(odd):
+        r = reading("m1", seq=i, ts=NOON + i, power=0.1 + 0.2 * i, kwh=123.456789)
+        r["device_id"] = dev
+        rows.append(r)
+    rows[0]["frequency"] = None
+    rows[1]["powerFactor"] = 1e-300
+    assert store.insert(rows) == [True] * len(odd)
+    got = {r["deviceId"]: r for r in store.history(limit=None)}
+    assert set(got) == set(odd)
+    assert got["NULL"]["frequency"] is None and got['a"b']["powerFactor"] == 1e-300
+    assert [got[d]["power"] for d in odd] == [0.1 + 0.2 * i for i in range(len(odd))]
+    assert got["é€"]["energyKwh"] == 123.456789
