@@ -11,7 +11,7 @@ in the distribution's PostgreSQL packages), so two things are checked instead:
     parameter names, types and defaults), which also enforces two of its rules: an integer
     time column takes an integer chunk interval, and every unique index must contain the
     time column. That proves the SQL binds and the schema fits; it does not prove chunking
-    itself, which needs a server with the extension (see docs/BENCHMARKS.md and README).
+    itself, which needs a server with the extension (the gap is noted in storage.py).
 """
 
 import psycopg
