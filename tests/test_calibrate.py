@@ -128,6 +128,25 @@ def test_measured_transfer_matches_the_model_adc():
     assert tr(2700) == 2700  # below the knee: the straight line
 
 
+def test_records_reload_and_bad_ones_are_refused(tmp_path):
+    from ctmeter.paths import CALIBRATION
+
+    rec = cal.load_record(CALIBRATION / "records" / "example-virtual-board.json")
+    assert rec["device"]["id"] == "sim-meter" and len(rec["points"]) == 3
+    assert all(abs(v["error_pct"]) < 0.5 for v in rec["validations"])
+    assert cal.Session.from_dict(rec).record() == rec
+    for bad, text in ((dict(rec, calibration={"gain": -1}), "gain"),
+                      ({k: v for k, v in rec.items() if k != "points"}, "points"),
+                      (dict(rec, kind="something"), "not a ctmeter calibration record")):
+        path = tmp_path / "bad.json"
+        path.write_text(json.dumps(bad))
+        with pytest.raises(cal.CalibrateError, match=text):
+            cal.load_record(path)
+    (tmp_path / "broken.json").write_text("{")
+    with pytest.raises(cal.CalibrateError, match="cannot read"):
+        cal.load_record(tmp_path / "broken.json")
+
+
 def test_no_top_end_no_zero_is_a_plain_gain():
     fe, mains = unit(1.05), Mains(seed=1)
     true, raw, capture = _device_like(fe, mains, 5.0, 0)
@@ -242,6 +261,7 @@ def test_three_point_calibration_within_half_a_percent(meter, tmp_path, capsys):
     assert len(rec["residuals"]) == 3 and all(abs(r["error_pct"]) < 0.5
                                               for r in rec["residuals"])
     assert rec["zero"]["raw_irms"] > 0 and rec["fit"]["gain"] > 0
+    assert cal.Session.from_dict(rec).record() == rec  # a record resumes as a session
     shown = cal_show(vb.port)
     assert Calibration.from_dict(shown) == Calibration.from_dict(rec["calibration"])
     assert shown["gain"] == pytest.approx(1 / 1.05, rel=0.02)
@@ -360,11 +380,19 @@ def vmeter(tmp_path_factory):
     vb.stop()
 
 
-def read_power(vb, stream, at):
+def read_power(vb, stream, at, windows=3):
+    """The meter's ch1 power and voltage averaged over `windows` successive windows, and the
+    model's truth since the load changed at `at`."""
+    got, seen = [], None
     with MeterLink.open(vb.port) as link:
-        got = link.cmd("read")["ch1"]
+        while len(got) < windows:
+            r = link.cmd("read")
+            if r["uptime_ms"] != seen:
+                seen = r["uptime_ms"]
+                got.append(r["ch1"])
     now = vb.feed.last_frame / vb.source.sample_rate_hz
-    return got, stream.truth(at + 1.0, now)
+    mean = {k: sum(g[k] for g in got) / len(got) for k in ("power", "voltage")}
+    return mean, stream.truth(at + 1.0, now)
 
 
 def test_voltage_gain_and_phase(vmeter, tmp_path, capsys):
@@ -390,22 +418,59 @@ def test_voltage_gain_and_phase(vmeter, tmp_path, capsys):
     loads.set(Inductive(pf=0.5, irms=15.0))
     time.sleep(0.5)
     rc, _, err = cli(capsys, "phase", *common)  # not a resistive load: refused, nothing sent
-    assert rc == 1 and "not a resistive load" in err
+    assert rc == 1 and "not a resistive load" in err, err
     assert cal_show(vb.port)["phase_deg"] == 0.0
 
     switch(loads, stream, 20.0)
     rc, out, err = cli(capsys, "phase", *common)
     assert rc == 0, err
     shown = cal_show(vb.port)
-    assert shown["phase_deg"] == pytest.approx(2.347 - 3.880, abs=0.2)  # the units' leads
+    assert shown["phase_deg"] == pytest.approx(2.347 - 3.880, abs=0.2), out  # units' leads
 
     for pf in (0.5, 0.8):
         at = switch(loads, stream, Inductive(pf=pf, irms=15.0))
         got, truth = read_power(vb, stream, at)
-        assert got["power"] == pytest.approx(truth.p[0], rel=0.005), pf
-        assert got["voltage"] == pytest.approx(truth.vrms, rel=0.003)
+        assert got["power"] == pytest.approx(truth.p[0], rel=0.005), (pf, got, truth)
+        assert got["voltage"] == pytest.approx(truth.vrms, rel=0.003), (pf, got, truth)
     rec = cal.load_record(next((tmp_path / "rec").glob("*.json")))
     assert rec["voltage_calibration"]["gain"] > 0
     assert rec["phase"]["pf_after"] > rec["phase"]["pf_before"]
     with MeterLink.open(vb.port) as link:
         assert link.cmd("cal show")["voltage"]["gain"] == rec["voltage_calibration"]["gain"]
+
+
+def test_guided_session_with_a_voltage_channel(vmeter, tmp_path):
+    from ctmeter.calibrate_cmd import guided
+    from ctmeter.cli import build_parser
+
+    vb, stream, loads = vmeter
+    args = build_parser().parse_args(
+        ["calibrate", "--port", vb.port, "--session", str(tmp_path / "s.json"),
+         "--records", str(tmp_path / "rec"), "--yes"])
+    said = []
+
+    def ask(prompt):
+        if "zero" in prompt:
+            switch(loads, stream, None, settle_s=2.0)
+            return ""
+        if "reference load 1" in prompt:
+            switch(loads, stream, 20.0, settle_s=2.0)
+            return "20"
+        if "mains voltage" in prompt:
+            volts = stream.truth(stream.horizon - 1, stream.horizon).vrms
+            return "abc" if not any("cannot read 'abc'" in x for x in said) else f"{volts:.2f}V"
+        if "Phase" in prompt:
+            return ""  # the 20 A heater is still on
+        return ""  # no more points, no validation
+
+    try:
+        assert guided(args, ask=ask, out=said.append) == 0
+    finally:
+        with MeterLink.open(vb.port) as link:
+            link.cmd("cal clear 0")
+            link.cmd("cal clear 1")
+    text = "\n".join(said)
+    assert "cannot read 'abc' as a voltage" in text
+    assert "voltage: reference" in text and "phase: " in text
+    rec = cal.load_record(next((tmp_path / "rec").glob("*.json")))
+    assert rec["voltage_calibration"] and rec["phase"]["phase_deg"] != 0

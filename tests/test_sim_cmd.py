@@ -71,6 +71,10 @@ def test_load_control_changes_the_stream_from_the_next_samples():
     assert stream.truth(25.0, 29.0).p[0] == pytest.approx(5.0, rel=0.05)  # standby again
     assert stream.truth(31.0, 39.0).p[0] == pytest.approx(2005.0, rel=0.01)  # and the heater
     assert loads.handle("load") == "load: the simulated household"
+    m = re.match(r"ref: ([\d.]+) A, ([\d.]+) V[^,]*, ([\d.]+) W, pf ([\d.]+) \(true",
+                 loads.handle("ref"))
+    assert m and float(m.group(2)) == pytest.approx(230, rel=1e-3)  # a clean grid
+    assert float(m.group(1)) == 0.0 and float(m.group(3)) == 0.0  # off until 20 s
     assert "cannot read the load 'banana'" in loads.handle("load banana")
     assert "unknown command" in loads.handle("lod 5A")
     assert loads.handle("   ") is None

@@ -940,6 +940,12 @@ class Session:
             s.zero_step = Zero(**d["zero"]) if d.get("zero") else None
             s.points = [Point(**p) for p in d.get("points", [])]
             s.applied = d.get("applied")
+            if d["kind"] == "ctmeter-calibration-record":  # a record resumes as a session
+                s.applied = {"date": d["date"], "calibration": d["calibration"],
+                             "fit": d["fit"], "phase": d.get("phase")}
+                if d.get("voltage_calibration"):
+                    s.applied["voltage"] = {"calibration": d["voltage_calibration"],
+                                            "points": s.vpoints}
             s.validations = list(d.get("validations") or [])
             s.record_path = Path(d["record"]) if d.get("record") else None
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
@@ -972,6 +978,7 @@ class Session:
         d["voltage_calibration"] = (self.applied.get("voltage") or {}).get("calibration")
         d["phase"] = self.applied.get("phase")
         d.pop("record", None)
+        d.pop("applied", None)  # its parts are above
         return d
 
     def write_record(self, records_dir=RECORDS):
@@ -1001,10 +1008,22 @@ def _same_calibration(shown, sent, rel=1e-5):
     return all(close(a[k], b[k]) for k in b)
 
 
+def _dumps(obj, level=0):
+    """JSON with one key per line, but lists of numbers (codes, table rows) on one line."""
+    pad = " " * (level + 1)
+    if isinstance(obj, dict) and obj:
+        items = [f"{pad}{json.dumps(str(k))}: {_dumps(v, level + 1)}" for k, v in obj.items()]
+        return "{\n" + ",\n".join(items) + "\n" + " " * level + "}"
+    if isinstance(obj, list) and obj and any(isinstance(v, dict) for v in obj):
+        items = [pad + _dumps(v, level + 1) for v in obj]
+        return "[\n" + ",\n".join(items) + "\n" + " " * level + "]"
+    return json.dumps(obj, separators=(", ", ": ") if not isinstance(obj, list) else (",", ":"))
+
+
 def _write_json(path, data):
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    tmp.write_text(_dumps(data) + "\n")
     tmp.replace(path)
 
 

@@ -13,6 +13,9 @@ The load can be changed while it runs, by lines typed on its standard input:
     load off            nothing on the circuit (the zero step of a calibration)
     load profile        back to the simulated household
     load                what is on now
+    ref                 the model's true current, voltage and power over the last second
+                        of simulated time (the clamp meter and multimeter of a calibration;
+                        with --clock fast the grid's slow wander makes it stale in a second)
 The change takes effect at the next samples the board reads (a calibration can
 "switch on the reference heater" this way, as tests do through `LoadControl`).
 """
@@ -33,7 +36,8 @@ from ctmeter.paths import ROOT
 from ctmeter.transport import EXIT_USAGE
 
 LOAD_HELP = ("type `load 2000W`, `load 8.5A`, `load 900W pf 0.7`, `load off` or "
-             "`load profile` (and Enter) to change the simulated load")
+             "`load profile` (and Enter) to change the simulated load, `ref` for its true "
+             "current and voltage")
 _LOAD_RE = re.compile(r"^(?P<v>[0-9]*\.?[0-9]+)\s*(?P<u>w|a)(?:\s+pf\s*(?P<pf>[0-9]*\.?[0-9]+))?$",
                       re.IGNORECASE)
 MAX_LOAD_A = 200.0  # the sensor model clips long before; a typo guard
@@ -117,11 +121,25 @@ class LoadControl:
         self.current = load
         return at, describe_load(load, self.nominal_v)
 
+    def reference(self, span_s=1.0):
+        """The true values over the last `span_s` of simulated time, as a reference meter
+        would show them."""
+        t2 = self.stream.horizon
+        if not t2 > span_s:
+            return "ref: the board has not measured yet"
+        t = self.stream.truth(t2 - span_s, t2)
+        volts = f"{t.vrms:.2f} V" if self.stream.voltage is not None else \
+            f"{t.vrms:.2f} V (no voltage channel on the meter)"
+        return (f"ref: {t.irms[self.channel]:.4f} A, {volts}, {t.p[self.channel]:.1f} W, "
+                f"pf {t.pf[self.channel]:.4f} (true, over t={t2 - span_s:.1f}..{t2:.1f} s)")
+
     def handle(self, line):
         """One typed line -> the reply to print (None for a blank line)."""
         words = line.strip().split(None, 1)
         if not words:
             return None
+        if words == ["ref"]:
+            return self.reference()
         if words[0].lower() != "load":
             return f"unknown command {words[0]!r}: {LOAD_HELP}"
         if len(words) == 1:
