@@ -474,3 +474,27 @@ def test_guided_session_with_a_voltage_channel(vmeter, tmp_path):
     assert "voltage: reference" in text and "phase: " in text
     rec = cal.load_record(next((tmp_path / "rec").glob("*.json")))
     assert rec["voltage_calibration"] and rec["phase"]["phase_deg"] != 0
+
+
+def test_progress_bars_only_on_a_terminal(monkeypatch):
+    import io
+    import sys
+
+    from ctmeter.calibrate_cmd import progress_bar
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    for stream, drawn in ((io.StringIO(), False), (Terminal(), True)):
+        monkeypatch.setattr(sys, "stderr", stream)
+        with progress_bar("measuring", 0.5):
+            time.sleep(0.35)
+        assert ("measuring" in stream.getvalue()) is drawn
+
+
+def test_guided_session_ends_cleanly_when_the_input_ends(meter, tmp_path, monkeypatch, capsys):
+    vb, stream, loads = meter
+    monkeypatch.setattr("builtins.input", lambda prompt="": (_ for _ in ()).throw(EOFError))
+    rc, _, err = cli(capsys, "--port", vb.port, "--session", str(tmp_path / "s.json"))
+    assert rc == 1 and "input ended" in err

@@ -320,8 +320,10 @@ def step_validate(args):
 # ---------------------------------------------------------------- guided
 
 
-def guided(args, ask=input, out=_say):
-    """The whole session with prompts. `ask(prompt) -> str` reads the user's answer."""
+def guided(args, ask=None, out=_say):
+    """The whole session with prompts. `ask(prompt) -> str` reads the user's answer
+    (default: input())."""
+    ask = ask or (lambda prompt: input(prompt))
     _check_start(args)
     with _link(args) as link:
         s = api.Session.start(link, channel=args.channel - 1, board=args.board,
@@ -430,5 +432,11 @@ STEPS = {"start": step_start, "zero": step_zero, "point": step_point,
 
 def run(args):
     if args.step is None:
-        return guided(args)
+        try:
+            return guided(args)
+        except EOFError:
+            raise api.CalibrateError(
+                "the input ended before the session was complete",
+                f"what was measured is in {args.session}; go on with the steps "
+                "(`ctmeter calibrate --help`)") from None
     return STEPS[args.step](args)
