@@ -92,7 +92,7 @@ from meter.calib import Calibration, CalibrationError
 from ctmeter import __version__
 from ctmeter import scope as scope_api
 from ctmeter.errors import CommandError
-from ctmeter.meterlink import MAX_LINE, MeterError
+from ctmeter.meterlink import MAX_LINE
 from ctmeter.paths import CALIBRATION
 from ctmeter.transport import EXIT_DEVICE, EXIT_USAGE
 
@@ -120,8 +120,6 @@ TABLE_TOLERANCE = 2e-4  # knots are dropped while the table stays within 0.02 %
 VOLTS_RANGE = (50.0, 400.0)
 AMPS_MAX = 1000.0
 WINDOW_S = 0.2  # one window: 10 mains cycles at 50 Hz
-NO_MEMORY_ERROR = "out of memory, line dropped"  # the meter's JSON answer to a dropped line
-NO_MEMORY_RETRIES = 3
 PHASE_PROBE_DEG = 5.0  # the phase step's second measurement is taken this far off
 PHASE_RESERVE = len(',"phase_deg":-12.345')  # line room kept for a phase measured later
 MIN_PF_RESISTIVE = 0.9  # a "resistive" load with a lower power factor is not one
@@ -627,16 +625,7 @@ class Session:
         if self.link is None:
             raise CalibrateError("this step needs the meter: no link open")
         with self.progress(label, seconds) if label else nullcontext():
-            for attempt in range(NO_MEMORY_RETRIES + 1):
-                try:
-                    return self.link.cmd(line)
-                except MeterError as exc:
-                    # a line the meter dropped for lack of heap was not run: send it again
-                    # (MeterLink resends only the human-mode form of that answer)
-                    if exc.error != NO_MEMORY_ERROR or attempt == NO_MEMORY_RETRIES:
-                        raise
-                    time.sleep(0.3)
-        raise AssertionError("unreachable")
+            return self.link.cmd(line)
 
     def _capture(self):
         """CAPTURE_CHUNKS captures of CAPTURE_CHUNK codes (ctmeter.scope): (codes, runs)."""
