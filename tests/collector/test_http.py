@@ -222,3 +222,37 @@ def test_a_json_array_from_a_multichannel_meter_is_stored_all_or_nothing(collect
     seqs = [r["seq"] for r in c.get("/api/measurements?deviceId=m1&limit=100", ADMIN)[1]
             ["measurements"]]
     assert sorted(seqs) == [100, 101, 102]
+
+
+def test_a_busy_loop_turn_hands_rows_over_in_slices_and_answers_all(collector):
+    """Requests parsed in one loop turn: the writer gets them FLUSH_ROWS at a time (not
+    all at the end of the turn), and every request is answered only after its commit."""
+    from ctmeter.serve.app import FLUSH_ROWS
+    from ctmeter.serve.httpd import DEFERRED, Request
+
+    col = collector()
+    sizes, answers = [], []
+    submit = col.store.submit_callback
+
+    def spy(rows, done):
+        sizes.append(len(rows))
+        submit(rows, done)
+
+    col.store.submit_callback = spy
+    n = FLUSH_ROWS * 2 + 10
+    token = {"authorization": f"Bearer {TOKENS['m1']}"}
+
+    returned, answered_in_turn = [], []
+
+    def one_turn():  # runs on the collector's loop: all of these within a single callback
+        for seq in range(n):
+            req = Request("POST", "/api/measurements", {}, token,
+                          json.dumps(body(seq=seq)).encode(), (), answers.append)
+            returned.append(col.handle(req))
+        answered_in_turn.append(len(answers))
+
+    col.loop.call_soon_threadsafe(one_turn)
+    wait_for(lambda: len(answers) == n)
+    assert returned == [DEFERRED] * n and answered_in_turn == [0]  # none before a commit
+    assert sizes == [FLUSH_ROWS, FLUSH_ROWS, 10]
+    assert {a.status for a in answers} == {201} and col.store.count() == n

@@ -46,6 +46,7 @@ INGEST_PATHS = ("/api/measurements", "/api/data", "/api/energy/add")
 STATIC = Path(__file__).with_name("static")
 COOKIE = "ctmeter_session"
 MAX_BATCH = 32  # readings per POSTed JSON array
+FLUSH_ROWS = 64  # rows handed to the storage writer at once, at the latest
 STORED = Response(201, b'{"stored":true,"duplicate":false}')
 DUPLICATE = Response(200, b'{"stored":false,"duplicate":true}')
 MAX_LIMIT = 100000
@@ -144,6 +145,7 @@ class Collector:
         self._device_by_token = {_digest(t): d for d, t in cfg.device_tokens.items()}
         self._sessions = set()
         self._pending = []
+        self._flush_scheduled = False
         self.loop = None
         self.hub = None
         self.monitor = None
@@ -334,14 +336,24 @@ class Collector:
             return error(403, "this token may only post for its own deviceId")
         # Rows arriving in the same loop turn go to the writer as one batch and come back
         # with one cross-thread wake-up; each request is answered (req.reply) right then.
-        if not self._pending:
-            self.loop.call_soon(self._flush)
+        # A busy turn (hundreds of sockets ready at once) hands over every FLUSH_ROWS rows,
+        # so the first ones are being written while the loop still parses the rest.
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self._end_of_turn)
         if len(rows) == 1:
             self._pending.append((rows[0], now, req.reply))
         else:
             answer = _BatchAnswer(len(rows), req.reply)
             self._pending.extend((row, now, answer.one) for row in rows)
+        if len(self._pending) >= FLUSH_ROWS:
+            self._flush()
         return DEFERRED
+
+    def _end_of_turn(self):
+        self._flush_scheduled = False
+        if self._pending:
+            self._flush()
 
     def _flush(self):
         batch, self._pending = self._pending, []
