@@ -89,6 +89,7 @@ class _Device(asyncio.Protocol):
         self.transport.write(self.head + str(len(body)).encode() + b"\r\n\r\n" + body)
 
     def data_received(self, data):
+        got = time.perf_counter()  # first thing: the answer's arrival, not our parsing of it
         self.buf += data
         end = self.buf.find(b"\r\n\r\n")
         if end < 0:
@@ -98,7 +99,7 @@ class _Device(asyncio.Protocol):
         if len(self.buf) < end + 4 + length:
             return
         self.buf = self.buf[end + 4 + length:]
-        took = time.perf_counter() - self.sent
+        took = got - self.sent
         f = self.fleet
         f.record(self.sent_loop, took, head.startswith(b"HTTP/1.1 2"))
         if self.period:
