@@ -12,12 +12,18 @@ after the first load, so a reload costs only the file read and the code itself.
 Under CPython, drop() does nothing: imports are cheap there and tests may patch modules.
 """
 
+import gc
 import sys
 
 _MPY = sys.implementation.name == "micropython"
 
 
 def use(name):
+    if _MPY and name not in sys.modules:
+        # Free the previous copy now, from this shallow frame: a collection triggered deep
+        # inside the import scans a deeper C stack, whose stale slots can still point at the
+        # old copy (the GC is conservative) and keep it, so the heap would need both.
+        gc.collect()
     __import__(name)
     return sys.modules[name]
 
