@@ -99,6 +99,9 @@ _MAGIC_RE = re.compile(r"^ctmeter\s+capture\s+v(\d+)\b")
 _DEVICE_ID = "replay"
 
 
+
+REPLAY_EPOCH = 1700000000  # 2023-11-14: the firmware's clock at the start of a replay
+
 class ReplayError(CommandError):
     """A waveform file or option the replay cannot use (exit code 2)."""
 
@@ -615,6 +618,7 @@ def run(inp: ReplayInput, interval_s=None, board="esp32", timeout_s=None, on_rea
             posts.append((source.windows, source.end, source.served, batch))
             for r in batch:
                 r = dict(r)
+                r["ts"] -= REPLAY_EPOCH
                 r["fileStart"] = round(inp.t0 + prev_end / inp.sample_rate_hz, 6)
                 r["fileEnd"] = round(inp.t0 + source.end / inp.sample_rate_hz, 6)
                 r["windows"] = source.windows - prev_w
@@ -637,7 +641,12 @@ def run(inp: ReplayInput, interval_s=None, board="esp32", timeout_s=None, on_rea
             (flash / "config.json").write_text(json.dumps(cfg, indent=1))
             # "fast": simulated time as fast as the host allows; the host's time between
             # windows counts as unsampled time, so a few frames per window are skipped
-            vb = VirtualBoard(flash, source, clock="fast", heapsize=SIM_HEAP, epoch=0)
+            # (the board's "exact" clock would measure every sample; the tests' counts are
+            # written for "fast" still). The clock starts at a fixed, valid date (the
+            # firmware makes no reading with an unset clock); `ts` is reported from the
+            # start of the replay.
+            vb = VirtualBoard(flash, source, clock="fast", heapsize=SIM_HEAP,
+                              epoch=REPLAY_EPOCH)
             try:
                 vb.start()
                 console = _Console(vb.port)
