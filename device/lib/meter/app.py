@@ -270,8 +270,13 @@ class Meter:
         self.uptime_ms += dt_us // 1000
         b.after_window()
         now_ms = b.ticks_ms()
-        if b.ticks_diff(now_ms, self._interval_start_ms) >= self.cfg.data["interval_s"] * 1000:
-            self._interval_start_ms = now_ms
+        iv = self.cfg.data["interval_s"] * 1000
+        if b.ticks_diff(now_ms, self._interval_start_ms) >= iv:
+            # a fixed cadence: the next interval starts where this one was due, not where
+            # the window happened to end (that slipped by up to a window per reading);
+            # after a long stall the cadence restarts from now
+            start = (self._interval_start_ms + iv) & ((1 << 30) - 1)
+            self._interval_start_ms = start if b.ticks_diff(now_ms, start) < iv else now_ms
             self._update_duty()
             self._make_readings()
         self._deliver(now_ms)
