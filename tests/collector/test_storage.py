@@ -187,3 +187,52 @@ def test_any_text_and_exact_floats_survive_the_batch_insert(store):
     assert got["NULL"]["frequency"] is None and got['a"b']["powerFactor"] == 1e-300
     assert [got[d]["power"] for d in odd] == [0.1 + 0.2 * i for i in range(len(odd))]
     assert got["é€"]["energyKwh"] == 123.456789
+
+
+def test_saving_device_states_ends_while_the_devices_keep_posting(tmp_path):
+    """Every DEVICE_PERSIST_S the devices that changed are saved, DEVICE_FLUSH_CHUNK per
+    commit; that set is fixed when it falls due, so the saving ends even though every
+    device posts again in every batch (it used to go on until a batch brought none)."""
+    import time
+
+    from ctmeter.serve.storage import DEVICE_FLUSH_CHUNK, SQLiteStorage
+
+    store = SQLiteStorage(str(tmp_path / "d.db"))
+    saved = []
+    flush = store._flush_devices
+
+    def spy(conn, limit=None, commit=True):
+        before = len(store._dev_due)
+        flush(conn, limit, commit)
+        saved.append(before - len(store._dev_due))  # devices saved by this call
+
+    store._flush_devices = spy
+    try:
+        devices = 4 * DEVICE_FLUSH_CHUNK
+
+        def every_device_posts(seq):
+            return store.insert([reading(f"d{i}", seq=seq, ts=NOON + seq)
+                                 for i in range(devices)])
+
+        for seq in range(8):  # new devices: saved at once, a chunk per commit
+            every_device_posts(seq)
+        assert len(store._dev_known) == devices and saved[:4] == [DEVICE_FLUSH_CHUNK] * 4
+        store._dev_next_flush = time.monotonic() + 3600  # within a period: nothing saved
+        saved.clear()
+        for seq in range(8, 12):
+            every_device_posts(seq)
+        assert saved == []
+        store._dev_next_flush = 0.0  # the period is over
+        for seq in range(12, 24):
+            every_device_posts(seq)
+        assert saved == [DEVICE_FLUSH_CHUNK] * 4  # four chunks, then nothing until the next
+        assert store._dev_pending and not store._dev_due
+        (dev,) = [d for d in store.devices() if d["deviceId"] == "d0"]
+        assert dev["last"]["seq"] >= 12
+    finally:
+        store.close()
+    reopened = SQLiteStorage(str(tmp_path / "d.db"))
+    try:  # closing saved the rest
+        assert {d["last"]["seq"] for d in reopened.devices()} == {23}
+    finally:
+        reopened.close()

@@ -176,7 +176,10 @@ class Storage:
         self._lock = threading.Lock()
         self._queue = queue.SimpleQueue()
         self._closed = False
-        self._dev_pending = {}  # device -> [seen_ms, interval, newest row] not yet persisted
+        # device -> [seen_ms, interval, newest row] not yet persisted: changed since the
+        # last period (pending), or due now and saved DEVICE_FLUSH_CHUNK per commit (due)
+        self._dev_pending = {}
+        self._dev_due = {}
         self._dev_known = set()
         self._dev_next_flush = 0.0
         self._dev_lock = threading.Lock()
@@ -281,20 +284,32 @@ class Storage:
         return flags
 
     def _note_devices(self, rows):
-        pending = self._dev_pending
-        urgent = False
+        """Note the rows' devices for the devices table; True if some are due for saving.
+        A new device is due at once; the others' changes become due together every
+        DEVICE_PERSIST_S. Due is a fixed set: saving it ends even while those devices keep
+        posting (their newer readings update their due entry, or wait for the next period),
+        so 1,000 meters at 5 readings/s cost 20 chunks per period, not a flush that never
+        catches up."""
+        pending, due, known = self._dev_pending, self._dev_due, self._dev_known
         for row in rows:
             dev = row["device_id"]
-            old = pending.get(dev)
+            old = due.get(dev)
             if old is None:
-                pending[dev] = [row["received_ms"], row["interval"], row]
-                urgent = urgent or dev not in self._dev_known
+                old = pending.get(dev)
+            if old is None:
+                (pending if dev in known else due)[dev] = [
+                    row["received_ms"], row["interval"], row]
             else:
                 old[0] = max(old[0], row["received_ms"])
                 old[1] = row["interval"] or old[1]
                 if row["ts_ms"] >= old[2]["ts_ms"]:
                     old[2] = row
-        return bool(pending) and (urgent or time.monotonic() >= self._dev_next_flush)
+        now = time.monotonic()
+        if pending and now >= self._dev_next_flush:
+            due.update(pending)  # a device is in at most one of the two
+            pending.clear()
+            self._dev_next_flush = now + DEVICE_PERSIST_S
+        return bool(due)
 
     def _flush_devices(self, conn, limit=None, commit=True):
         """Persist the devices table (last seen, newest reading) for a new device at once,
@@ -302,13 +317,14 @@ class Storage:
         and the running collector keeps the live state in memory anyway. At most `limit`
         devices per commit, so saving 1,000 of them never stalls the readings' commits."""
         with self._dev_lock:
-            pending = self._dev_pending
-            items = list(itertools.islice(pending.items(), limit))
+            due = self._dev_due
+            if limit is None:  # everything (closing)
+                due.update(self._dev_pending)
+                self._dev_pending.clear()
+            items = list(itertools.islice(due.items(), limit))
             for dev, _ in items:
-                del pending[dev]
+                del due[dev]
                 self._dev_known.add(dev)
-            if not pending:
-                self._dev_next_flush = time.monotonic() + DEVICE_PERSIST_S
         params = [(dev, seen, interval, row["ts_ms"], json.dumps(to_json(row)))
                   for dev, (seen, interval, row) in items]
         cur = conn.cursor()
