@@ -236,3 +236,46 @@ def test_saving_device_states_ends_while_the_devices_keep_posting(tmp_path):
         assert {d["last"]["seq"] for d in reopened.devices()} == {23}
     finally:
         reopened.close()
+
+
+def test_postgres_saves_device_states_beside_the_writers(postgres):
+    """On PostgreSQL a period's device states are saved by a thread of their own, so the
+    readings' commits never wait for them; closing still saves what is left."""
+    import time
+
+    from ctmeter.serve.storage import PostgresStorage
+
+    url = postgres.create_db("devices_saver")
+    store = PostgresStorage(url)
+    callers = []
+    flush = store._flush_devices
+
+    def spy(conn, limit=None, commit=True):
+        callers.append(threading.current_thread().name)
+        flush(conn, limit, commit)
+
+    store._flush_devices = spy
+    try:
+        devices = 200
+        for seq in range(4):
+            store.insert([reading(f"d{i}", seq=seq, ts=NOON + seq) for i in range(devices)])
+        deadline = time.monotonic() + 10
+        while len(store.devices()) < devices and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(store.devices()) == devices
+        callers.clear()
+        store._dev_next_flush = 0.0  # the period is over
+        for seq in range(4, 8):
+            store.insert([reading(f"d{i}", seq=seq, ts=NOON + seq) for i in range(devices)])
+        while (min(d["last"]["seq"] for d in store.devices()) < 4
+               and time.monotonic() < deadline):
+            time.sleep(0.05)
+        assert min(d["last"]["seq"] for d in store.devices()) >= 4
+        assert callers and set(callers) == {"ctmeter-devices"}
+    finally:
+        store.close()
+    reopened = PostgresStorage(url)
+    try:
+        assert {d["last"]["seq"] for d in reopened.devices()} == {7}
+    finally:
+        reopened.close()
