@@ -378,26 +378,31 @@ def _markdown(r):
     spread = [(name, b["runs"]) for name, b in r["backends"].items() if b.get("runs")]
     if spread:
         lines += ["", f"Each backend was run {r.get('repeat')} times (a fresh collector and "
-                  "database each time); the table shows the run with the median p99. Every "
-                  "run, paced p99 ms (1-minute load average before it):"]
+                  "database each time); the table shows the run with the median p99. Paced "
+                  "p99 ms of every run (1-minute load average before it):", ""]
         for name, runs in spread:
             k = sum(1 for x in runs if x["meets_target"])
-            lines.append(f"{name}: " + ", ".join(
+            lines.append(f"- {name}: " + ", ".join(
                 f"{x['p99_ms']} ({x['loadavg_1min_before']})" for x in runs)
-                + f" — target met in {k} of {len(runs)}.")
+                + f" — target met in {k} of {len(runs)}")
     lines += ["", "How the collector ingests: one CPython process; HTTP on uvloop (a small "
               "keep-alive HTTP/1.1 parser of its own), JSON and validation on the event "
-              "loop, and each loop turn's readings handed to a writer thread as one batch. "
+              "loop, the readings handed to the storage writer once per loop turn (and every "
+              "64 in a busy turn), each request answered from the commit's callback. "
               "SQLite: WAL, synchronous=NORMAL, one writer with a 5 ms group-commit window, "
-              "a batch written as multi-row INSERTs (one statement per 512 rows: an "
-              "executemany would release and re-take the GIL for every row). PostgreSQL: "
-              "fsync on, synchronous_commit on, two writer connections, a batch as one "
-              "INSERT ... SELECT FROM unnest(arrays). A 2xx is answered only after the "
-              "batch's commit. CPU per reading is each process's CPU time (both runs, "
-              "start-up included) over the readings posted; the fleet (the load generator, "
-              "its own process on uvloop) shares the same cores. Latency is per request, "
-              "from writing it to reading the whole answer, in the fleet; `send_lag_p99_ms` "
-              "in results.json says how late the fleet itself was against its schedule.",
+              "a batch as multi-row INSERTs (an executemany releases and re-takes the GIL "
+              "for every row), WAL checkpoints in a thread of their own rather than inside "
+              "a commit. PostgreSQL: fsync on, synchronous_commit on, two writer connections "
+              "in autocommit, a batch as one INSERT ... SELECT FROM unnest(...) RETURNING "
+              "(its own transaction), device states saved by a separate thread; the "
+              "throwaway cluster's WAL is pre-grown and checkpointed before the run so "
+              "segments are recycled as on a running server. A 2xx is answered only after "
+              "the batch's commit. CPU per reading is each process's CPU time (both runs, "
+              "start-up included) over the readings posted; the fleet (the load generator: "
+              "its own process, uvloop, no garbage collection while measuring) shares the "
+              "same two cores. Latency is per request, in the fleet, from writing the "
+              "request to the arrival of the answer; `send_lag_p99_ms` in results.json says "
+              "how late the fleet itself sent against its schedule.",
               END]
     return "\n".join(lines)
 
