@@ -13,7 +13,8 @@ Every write goes through a writer thread (one for SQLite; two for PostgreSQL, so
 written while the other waits for its WAL flush) that takes whatever is queued and commits it
 as one transaction (group commit): many devices posting at once cost one commit, and a 2xx is
 only answered after the commit. Duplicates on (deviceId, seq) are ignored by a unique index.
-Reads use one connection per thread.
+Reads use one connection per thread. Beside the writers, SQLite has a WAL checkpointer thread
+and PostgreSQL a thread that saves the devices table's periodic updates.
 
 What "after the commit" guarantees:
   * PostgreSQL (synchronous_commit as the server has it, on by default): the commit has
@@ -683,7 +684,7 @@ class PostgresStorage(Storage):
         flags = self._insert_batch(conn, rows)
         with self._dev_lock:
             due, new = self._note_devices(rows)
-        if new:  # a new device is saved before its first reading is answered
+        if new:  # new devices: a chunk is saved here, before the answers (as on SQLite)
             try:  # a transaction of its own: the readings above are committed either way
                 self._flush_devices(conn, limit=DEVICE_FLUSH_CHUNK, commit=False)
             except self._psycopg.Error:
