@@ -69,38 +69,30 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import secrets
 import select
 import tempfile
 import threading
 import time
-from array import array
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
 
+from ctmeter import capture
 from ctmeter.errors import CommandError
 from ctmeter.transport import EXIT_USAGE
 
-CAPTURE_VERSION = 1
-MAX_CODE = 4095
-MAX_CURRENT_COLUMNS = 4
 DEFAULT_SENSOR = "sct013-030"
 DEFAULT_SAMPLE_RATE = 4000
 LONG_FILE_S = 100.0  # files at least this long default to the meter's 10 s interval
 SAMPLE_RATE_RANGE = (1000, 20000)  # the firmware config's sample_rate_hz rule
 NOMINAL_V_RANGE = (50, 400)  # the firmware config's nominal_voltage rule
 _SCALE_MAX = 100.0  # the firmware config's amps/volts_per_count rule
-_KEY_RE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*)$")
-_MAGIC_RE = re.compile(r"^ctmeter\s+capture\s+v(\d+)\b")
 _DEVICE_ID = "replay"
-
-
-
 REPLAY_EPOCH = 1700000000  # 2023-11-14: the firmware's clock at the start of a replay
+
 
 class ReplayError(CommandError):
     """A waveform file or option the replay cannot use (exit code 2)."""
@@ -153,79 +145,18 @@ def _number(path, lineno, key, text, integer=False):
     return int(value) if integer else value
 
 
-def _columns(path, lineno, header):
-    """Column names of a capture header row -> (current column count, has voltage)."""
-    if header == ["code"]:
-        return 1, False
-    if header == ["code_v"]:
-        raise ReplayError(f"{path}:{lineno}: a capture of the voltage input alone cannot be "
-                          "replayed: the meter measures current columns (code or code_i1..)")
-    has_v = bool(header) and header[-1] == "code_v"
-    cur = header[:-1] if has_v else header
-    want = [f"code_i{i + 1}" for i in range(len(cur))]
-    if not cur or cur != want or len(cur) > MAX_CURRENT_COLUMNS:
-        raise ReplayError(
-            f"{path}:{lineno}: header must be `code` or `code_i1[,code_i2..code_i4][,code_v]`, "
-            f"got {','.join(header)!r}")
-    return len(cur), has_v
-
-
 def load_capture(path) -> ReplayInput:
-    """Read a raw ADC capture CSV (format in the module docstring); ReplayError if bad."""
-    path = str(path)
+    """Read a raw ADC capture CSV (ctmeter.capture; keys in the module docstring)."""
     try:
-        fh = open(path, encoding="utf-8")
-    except OSError as exc:
-        raise ReplayError(f"{path}: cannot read: {exc.strerror or exc}") from exc
-    keys, key_lines, flat = {}, {}, array("H")
-    header = header_line = None
-    ncols = 0
-    with fh:
-        try:
-            for lineno, line in enumerate(fh, 1):
-                text = line.strip()
-                if not text:
-                    continue
-                if text.startswith("#"):
-                    body = text[1:].strip()
-                    magic = _MAGIC_RE.match(body)
-                    if magic and int(magic.group(1)) != CAPTURE_VERSION:
-                        raise ReplayError(f"{path}:{lineno}: capture format v{magic.group(1)} "
-                                          f"is not supported (this ctmeter reads v1)")
-                    m = _KEY_RE.match(body)
-                    if m:
-                        key = m.group(1)
-                        if key in keys:
-                            raise ReplayError(f"{path}:{lineno}: {key} is given twice "
-                                              f"(first on line {key_lines[key]})")
-                        keys[key], key_lines[key] = m.group(2).strip(), lineno
-                    continue
-                fields = [f.strip() for f in text.split(",")]
-                if header is None:
-                    header, header_line = fields, lineno
-                    ncols = sum(_columns(path, lineno, header))
-                    continue
-                if len(fields) != ncols:
-                    raise ReplayError(f"{path}:{lineno}: {len(fields)} values, the header "
-                                      f"has {ncols} columns")
-                try:
-                    row = [int(f) for f in fields]
-                except ValueError:
-                    raise ReplayError(f"{path}:{lineno}: codes must be integers, got "
-                                      f"{text!r}") from None
-                for v in row:
-                    if not 0 <= v <= MAX_CODE:
-                        raise ReplayError(f"{path}:{lineno}: code {v} is outside 0..{MAX_CODE}")
-                flat.extend(row)
-        except UnicodeDecodeError as exc:
-            raise ReplayError(f"{path}: not a text file ({exc.reason})") from None
-    if header is None:
-        raise ReplayError(f"{path}: no header row (`code` or `code_i1,...`)")
-    if not flat:
-        raise ReplayError(f"{path}:{header_line}: no codes after the header row")
-    ncur, has_v = _columns(path, header_line, header)
-    codes = np.frombuffer(flat, dtype=np.uint16).reshape(-1, ncols)
-    return _capture_input(path, keys, key_lines, codes, ncur, has_v)
+        raw = capture.read(path)
+    except capture.CaptureError as exc:
+        raise ReplayError(exc.args[0], exc.hint) from None
+    if raw.columns == ["code_v"]:
+        raise ReplayError(f"{raw.path}:{raw.header_line}: a capture of the voltage input alone "
+                          "cannot be replayed: the meter measures current columns (code or "
+                          "code_i1..)")
+    return _capture_input(raw.path, raw.keys, raw.key_lines, raw.codes, raw.ncurrent,
+                          raw.has_voltage)
 
 
 def _capture_input(path, keys, key_lines, codes, ncur, has_v):
@@ -245,7 +176,7 @@ def _capture_input(path, keys, key_lines, codes, ncur, has_v):
     line, text = take("amps_per_count")
     common = None if text is None else _scale(path, line, "amps_per_count", text)
     apc = []
-    for i in range(1, MAX_CURRENT_COLUMNS + 1):
+    for i in range(1, capture.MAX_CURRENT_COLUMNS + 1):
         key = f"amps_per_count_i{i}"
         line, text = take(key)
         if text is not None and i > ncur:
@@ -299,23 +230,20 @@ def write_capture(path, codes, sample_rate_hz, amps_per_count, volts_per_count=N
     """Write codes (n, ncols) as a v1 capture; the last column is the voltage one when
     `volts_per_count` is given. `amps_per_count`: one number, or one per current column."""
     codes = np.asarray(codes)
-    if codes.ndim == 1:
-        codes = codes[:, None]
-    ncur = codes.shape[1] - (volts_per_count is not None)
+    ncols = 1 if codes.ndim == 1 else codes.shape[1]
+    ncur = ncols - (volts_per_count is not None)
     names = ["code"] if ncur == 1 and volts_per_count is None else \
         [f"code_i{i + 1}" for i in range(ncur)] + (["code_v"] if volts_per_count else [])
-    lines = [f"# ctmeter capture v{CAPTURE_VERSION}", f"# sample_rate_hz={int(sample_rate_hz)}"]
+    keys = {"sample_rate_hz": int(sample_rate_hz)}
     if isinstance(amps_per_count, (list, tuple)):
-        lines += [f"# amps_per_count_i{i + 1}={a!r}" for i, a in enumerate(amps_per_count)]
+        keys.update({f"amps_per_count_i{i + 1}": repr(float(a))
+                     for i, a in enumerate(amps_per_count)})
     else:
-        lines.append(f"# amps_per_count={float(amps_per_count)!r}")
+        keys["amps_per_count"] = repr(float(amps_per_count))
     if volts_per_count is not None:
-        lines.append(f"# volts_per_count={float(volts_per_count)!r}")
-    lines += [f"# mains_hz={mains_hz}", f"# nominal_voltage={nominal_voltage}"]
-    lines += [f"# {k}={v}" for k, v in info.items()]
-    lines.append(",".join(names))
-    body = "\n".join(",".join(str(int(v)) for v in row) for row in codes)
-    Path(path).write_text("\n".join(lines) + "\n" + body + "\n", encoding="utf-8")
+        keys["volts_per_count"] = repr(float(volts_per_count))
+    keys.update(mains_hz=mains_hz, nominal_voltage=nominal_voltage, **info)
+    capture.write(path, codes, names, keys)
 
 
 # ---------------------------------------------------------------- physical files

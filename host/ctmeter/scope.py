@@ -37,12 +37,12 @@ from __future__ import annotations
 
 import datetime
 import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from ctmeter import capture as capture_file  # scope.capture() is the device command
 from ctmeter.errors import CommandError
 from ctmeter.meterlink import MeterError, OutOfMemory, firmware_const
 from ctmeter.transport import EXIT_DEVICE, EXIT_USAGE
@@ -52,13 +52,11 @@ MAX_SCOPE = firmware_const("MAX_SCOPE", 2000)  # the meter's limit per `scope` c
 # it fits the meter's heap (n >= ~1500 ran out on the virtual board)
 DEFAULT_N = 800
 MIN_PIECE = 250  # smallest piece asked for when the meter cannot answer n codes at once
-ADC_MAX = 4095
-FORMAT_LINE = "# ctmeter capture v1"
+ADC_MAX = capture_file.MAX_CODE
 # The firmware's fallback scale when config.json has none: SCT-013-030 (30 A/V), 3.3 V / 4096
 _DEFAULT_AMPS_PER_COUNT = 30.0 * 3.3 / 4096
 _DEFAULT_VOLTS_PER_COUNT = 0.3
 _BYTES_PER_CODE = 6  # "2051, " in the meter's JSON line, for progress estimates
-_KEY_RE = re.compile(r"^#\s*([a-z_][a-z0-9_]*)\s*=(.*)$")
 
 
 class ScopeError(CommandError):
@@ -213,78 +211,38 @@ def capture(link, inp: int, n: int = DEFAULT_N, board: str = "esp32", cfg: dict 
 # ------------------------------------------------------------------------- files
 
 
-def _clean(value) -> str:
-    """A header value on one line (no newline can end the header early)."""
-    return " ".join(str(value).split())
-
-
 def _num(x) -> str:
     return f"{x:g}" if isinstance(x, float) and x == int(x) else str(x)
 
 
 def write_csv(cap: Capture, path) -> Path:
-    """Write `cap` as a `ctmeter capture v1` file; the path written."""
-    path = Path(path)
-    scale_key = "volts_per_count" if cap.voltage else "amps_per_count"
-    lines = [FORMAT_LINE,
-             f"# sample_rate_hz={int(cap.sample_rate_hz)}",
-             f"# {scale_key}={cap.scale!r}",
-             f"# mains_hz={_clean(_num(cap.mains_hz))}",
-             f"# nominal_voltage={_num(float(cap.nominal_voltage))}",
-             f"# device={_clean(cap.device)}",
-             f"# board={_clean(cap.board)}",
-             f"# sensor={_clean(cap.sensor)}",
-             f"# input={int(cap.input)}",
-             f"# captured={_clean(cap.captured)}"]
+    """Write `cap` as a `ctmeter capture v1` file (ctmeter.capture); the path written."""
+    keys = {"sample_rate_hz": int(cap.sample_rate_hz),
+            ("volts_per_count" if cap.voltage else "amps_per_count"): repr(cap.scale),
+            "mains_hz": _num(cap.mains_hz), "nominal_voltage": _num(float(cap.nominal_voltage)),
+            "device": cap.device, "board": cap.board, "sensor": cap.sensor,
+            "input": int(cap.input), "captured": cap.captured}
     if cap.segments:
-        lines.append(f"# segments={','.join(str(s) for s in cap.segments)}")
-    lines.append("code_v" if cap.voltage else "code")
-    body = "\n".join(lines) + "\n" + "\n".join(str(int(c)) for c in cap.codes) + "\n"
-    try:
-        path.write_text(body)
-    except OSError as exc:
-        raise CommandError(f"cannot write {path}: {exc.strerror or exc}",
-                           exit_code=EXIT_USAGE) from exc
-    return path
+        keys["segments"] = ",".join(str(s) for s in cap.segments)
+    return capture_file.write(path, cap.codes, ["code_v" if cap.voltage else "code"], keys)
 
 
 def read_csv(path) -> Capture:
-    """Read a single-input capture file written by write_csv (ScopeError if malformed)."""
-    path = Path(path)
-    keys, header, codes = {}, None, []
+    """Read a single-input capture file (ScopeError if it is not one)."""
     try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ScopeError(f"cannot read {path}: {exc.strerror or exc}",
-                         exit_code=EXIT_USAGE) from exc
-    lines = text.splitlines()
-    if not lines or lines[0].strip() != FORMAT_LINE:
-        raise ScopeError(f"{path}: not a `{FORMAT_LINE[2:]}` file", exit_code=EXIT_USAGE)
-    for lineno, line in enumerate(lines[1:], 2):
-        line = line.strip()
-        if not line:
-            continue
-        if line.startswith("#"):
-            m = _KEY_RE.match(line)
-            if m:
-                keys[m.group(1)] = m.group(2).strip()
-            continue
-        if header is None:
-            header = line
-            if header not in ("code", "code_v"):
-                raise ScopeError(f"{path}:{lineno}: header must be code or code_v",
-                                 exit_code=EXIT_USAGE)
-            continue
-        if not line.isdigit() or int(line) > ADC_MAX:
-            raise ScopeError(f"{path}:{lineno}: not a code 0..{ADC_MAX}", exit_code=EXIT_USAGE)
-        codes.append(int(line))
-    if header is None or not codes or "sample_rate_hz" not in keys:
-        raise ScopeError(f"{path}: needs sample_rate_hz, a header row and codes",
-                         exit_code=EXIT_USAGE)
-    voltage = header == "code_v"
+        raw = capture_file.read(path)
+    except capture_file.CaptureError as exc:
+        raise ScopeError(exc.args[0], exc.hint, exit_code=EXIT_USAGE) from None
+    if raw.columns not in (["code"], ["code_v"]):
+        raise ScopeError(f"{path}:{raw.header_line}: header must be code or code_v "
+                         "(a single-input capture)", exit_code=EXIT_USAGE)
+    keys = raw.keys
+    if "sample_rate_hz" not in keys:
+        raise ScopeError(f"{path}: needs a `# sample_rate_hz=...` line", exit_code=EXIT_USAGE)
+    voltage = raw.has_voltage
     scale = keys.get("volts_per_count" if voltage else "amps_per_count")
     mains = keys.get("mains_hz", "auto")
-    return Capture(codes=np.asarray(codes, dtype=np.uint16),
+    return Capture(codes=raw.codes[:, 0].copy(),
                    sample_rate_hz=int(keys["sample_rate_hz"]), input=int(keys.get("input", 0)),
                    voltage=voltage, scale=float(scale) if scale else math.nan,
                    mains_hz=int(mains) if mains.isdigit() else mains,
