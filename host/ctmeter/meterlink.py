@@ -28,31 +28,15 @@ messages name the command, never the typed line (it may carry a password).
 
 from __future__ import annotations
 
-import importlib
 import json
 import time
 
 import serial
+from meter.console import BOOT_PREFIX, MAX_LINE, NO_MEMORY_ERROR  # the firmware's own
 
 from ctmeter import transport as tp
 from ctmeter.errors import CommandError
 
-
-def firmware_const(name: str, default: int) -> int:
-    """A limit of the firmware's console (MAX_LINE, MAX_SCOPE), read from its own modules
-    (the `meter` package is installed beside ctmeter); `default` if it moved away."""
-    for module in ("meter.console_cmds", "meter.console"):
-        try:
-            value = getattr(importlib.import_module(module), name, None)
-        except (ImportError, SyntaxError):  # the firmware is being edited
-            continue
-        if isinstance(value, int):
-            return value
-    return default
-
-
-MAX_LINE = firmware_const("MAX_LINE", 240)
-BOOT_PREFIX = "ctmeter-boot "
 _READ_SLICE_S = 0.05  # how long one serial read may block while waiting for an answer
 # `mode` is asked again after this long without an answer (a board reset by opening its port
 # misses lines until its console is up: see _handshake)
@@ -60,7 +44,6 @@ _HANDSHAKE_S = 5.0
 # A meter short of heap drops a line and says so with a constant: this human line, or in
 # JSON mode {"ok": false, "error": NO_MEMORY_ERROR} (no "cmd"). The line was not run, so it
 # is sent again after a pause, at most _NO_MEMORY_RETRIES times.
-NO_MEMORY_ERROR = "out of memory, line dropped"
 NO_MEMORY_LINE = "error: " + NO_MEMORY_ERROR
 _NO_MEMORY_RETRIES = 3
 _NO_MEMORY_PAUSE_S = 0.3

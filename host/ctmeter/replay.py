@@ -79,6 +79,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
+from meter.console import BOOT_PREFIX
 
 from ctmeter import capture
 from ctmeter.errors import CommandError
@@ -493,9 +494,9 @@ class _Console:
             self.text = buf.decode("utf-8", "replace")
             if self.boot is None:
                 for line in self.text.splitlines():
-                    if line.startswith("ctmeter-boot "):
+                    if line.startswith(BOOT_PREFIX):
                         try:
-                            self.boot = json.loads(line[len("ctmeter-boot "):])
+                            self.boot = json.loads(line[len(BOOT_PREFIX):])
                         except ValueError:
                             pass
 

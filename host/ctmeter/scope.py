@@ -41,13 +41,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from meter.console_cmds import MAX_SCOPE  # the meter's limit per `scope` command
 
 from ctmeter import capture as capture_file  # scope.capture() is the device command
 from ctmeter.errors import CommandError
-from ctmeter.meterlink import MeterError, OutOfMemory, firmware_const
+from ctmeter.meterlink import MeterError, OutOfMemory
 from ctmeter.transport import EXIT_DEVICE, EXIT_USAGE
 
-MAX_SCOPE = firmware_const("MAX_SCOPE", 2000)  # the meter's limit per `scope` command
 # 200 ms at 4 kHz: 10 whole cycles at 50 Hz and 12 at 60 Hz (so the RMS shown is exact), and
 # it fits the meter's heap (n >= ~1500 ran out on the virtual board)
 DEFAULT_N = 800

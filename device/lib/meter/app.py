@@ -31,7 +31,7 @@ from meter import reading
 from meter.board import make_board
 from meter.calib import Calibration, CalibrationError
 from meter.config import Config, ConfigError
-from meter.console import Console
+from meter.console import BOOT_PREFIX, Console
 from meter.energy import EnergyCounter, EnergyError
 from meter.flashfs import FlashFS
 from meter.metering import MeterError, WindowAccumulator
@@ -40,7 +40,6 @@ from meter.persist import CounterStore, PersistError
 
 VERSION = "0.1.0"
 _MPY = sys.implementation.name == "micropython"
-BOOT_PREFIX = "ctmeter-boot "
 _BUF_BYTES = 8192  # the window buffer: 10 cycles at 4 kHz of 5 inputs fit
 _CYCLES = 10  # mains cycles per window (fewer when fs * inputs would not fit the buffer)
 _LOWEST_HZ = 45
