@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from meter.app import DEFAULT_AMPS_PER_COUNT, DEFAULT_VOLTS_PER_COUNT  # the firmware's
 from meter.console_cmds import MAX_SCOPE  # the meter's limit per `scope` command
 
 from ctmeter import capture as capture_file  # scope.capture() is the device command
@@ -54,8 +55,6 @@ DEFAULT_N = 800
 MIN_PIECE = 250  # smallest piece asked for when the meter cannot answer n codes at once
 ADC_MAX = capture_file.MAX_CODE
 # The firmware's fallback scale when config.json has none: SCT-013-030 (30 A/V), 3.3 V / 4096
-_DEFAULT_AMPS_PER_COUNT = 30.0 * 3.3 / 4096
-_DEFAULT_VOLTS_PER_COUNT = 0.3
 _BYTES_PER_CODE = 6  # "2051, " in the meter's JSON line, for progress estimates
 
 
@@ -70,7 +69,7 @@ class Capture:
     sample_rate_hz: int
     input: int
     voltage: bool = False  # the mains-voltage input (scale is volts_per_count)
-    scale: float = _DEFAULT_AMPS_PER_COUNT  # A (or V) per code
+    scale: float = DEFAULT_AMPS_PER_COUNT  # A (or V) per code
     mains_hz: object = "auto"
     nominal_voltage: float = 230.0
     device: str = ""
@@ -112,9 +111,9 @@ def input_info(cfg: dict, inp: int) -> tuple:
                          exit_code=EXIT_USAGE)
     if inp < len(chans):
         ch = chans[inp]
-        return False, float(ch.get("amps_per_count") or _DEFAULT_AMPS_PER_COUNT), \
+        return False, float(ch.get("amps_per_count") or DEFAULT_AMPS_PER_COUNT), \
             str(ch.get("sensor") or "")
-    return True, float(volt.get("volts_per_count") or _DEFAULT_VOLTS_PER_COUNT), \
+    return True, float(volt.get("volts_per_count") or DEFAULT_VOLTS_PER_COUNT), \
         str(volt.get("sensor") or "")
 
 

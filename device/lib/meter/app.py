@@ -48,14 +48,16 @@ _BACKOFF_MIN_MS = 2000
 _BACKOFF_MAX_MS = 300000
 _DRAIN_BATCHES = 4  # outbox batches per loop turn while draining (each costs a round trip)
 _BATCH = 8
+# tick counters wrap at 2**30; written as a literal: 1 << 30 is a big int on the chip
+_TICKS_MASK = 0x3FFFFFFF
 _CLOCK_RETRY_MS = 30000  # NTP attempts while the clock is unset
 # HTTP answers that refuse the reading itself: resending cannot help, so it is dropped (and
 # counted) instead of blocking the outbox. 401/403 (a token to fix) and 5xx/408/429 retry.
 _REJECTED = (400, 413, 422)
 # SCT-013-030 (30 A per volt) at 11 dB, 3.3 V over 4096 codes: the scale when the host
 # wrote none. Deploy computes the right one from sensor profile, burden and board.
-_DEFAULT_AMPS_PER_COUNT = 30.0 * 3.3 / 4096
-_DEFAULT_VOLTS_PER_COUNT = 0.3
+DEFAULT_AMPS_PER_COUNT = 30.0 * 3.3 / 4096
+DEFAULT_VOLTS_PER_COUNT = 0.3  # (host tools import both)
 
 
 class _Interval:
@@ -99,9 +101,9 @@ class Meter:
         self.nch = self.board.nch
         scales = []
         for ch in chans:
-            scales.append(ch["amps_per_count"] or _DEFAULT_AMPS_PER_COUNT)
+            scales.append(ch["amps_per_count"] or DEFAULT_AMPS_PER_COUNT)
         if volt is not None:
-            scales.append(volt["volts_per_count"] or _DEFAULT_VOLTS_PER_COUNT)
+            scales.append(volt["volts_per_count"] or DEFAULT_VOLTS_PER_COUNT)
         self.calibs = []
         for i, ch in enumerate(chans + ([volt] if volt else [])):
             try:
@@ -274,7 +276,7 @@ class Meter:
             # a fixed cadence: the next interval starts where this one was due, not where
             # the window happened to end (that slipped by up to a window per reading);
             # after a long stall the cadence restarts from now
-            start = (self._interval_start_ms + iv) & ((1 << 30) - 1)
+            start = (self._interval_start_ms + iv) & _TICKS_MASK
             self._interval_start_ms = start if b.ticks_diff(now_ms, start) < iv else now_ms
             self._update_duty()
             self._make_readings()
@@ -391,7 +393,7 @@ class Meter:
         self.post_result = why
         self.posts_failed += 1
         self._backoff_ms = min(_BACKOFF_MAX_MS, max(_BACKOFF_MIN_MS, self._backoff_ms * 2))
-        self._retry_at = (self.board.ticks_ms() + self._backoff_ms) & ((1 << 30) - 1)
+        self._retry_at = (self.board.ticks_ms() + self._backoff_ms) & _TICKS_MASK
 
     def _deliver(self, now_ms):
         """Drain the outbox, oldest first, while the link answers."""
