@@ -161,17 +161,22 @@ def test_no_top_end_no_zero_is_a_plain_gain():
 # ---------------------------------------------------------------- the virtual board
 
 
+def _started(tmp_path_factory, stream, device_id):
+    """A virtual meter on `stream` with the nominal scale (an uncalibrated meter)."""
+    channels = [{"pin": CURRENT_PINS[0], "name": "ch1", "sensor": SENSOR,
+                 "amps_per_count": NOMINAL_APC}]
+    vb = start_virtual_meter(tmp_path_factory.mktemp(device_id) / "flash", stream,
+                             {"device_id": device_id, "channels": channels})
+    yield vb, stream, LoadControl(stream)
+    vb.stop()
+
+
 @pytest.fixture(scope="module")
 def meter(tmp_path_factory):
     fe = unit(1.05, seed=1)
     stream = Stream([Channel(fe, None)], mains=Mains(seed=1, voltage_wander=0.0),
                     sample_rate=4000, seed=1)
-    channels = [{"pin": CURRENT_PINS[0], "name": "ch1", "sensor": SENSOR,
-                 "amps_per_count": NOMINAL_APC}]
-    vb = start_virtual_meter(tmp_path_factory.mktemp("cal") / "flash", stream,
-                             {"device_id": "cal1", "channels": channels})
-    yield vb, stream, LoadControl(stream)
-    vb.stop()
+    yield from _started(tmp_path_factory, stream, "cal1")
 
 
 def switch(loads, stream, amps, settle_s=12.0):
@@ -372,12 +377,7 @@ def vmeter(tmp_path_factory):
     # current lags its voltage by ~1.5 degrees, worth ~4.5 % of power at pf 0.5
     stream = Stream([Channel(unit(1.05, seed=1), None)], mains=Mains(seed=1, voltage_wander=0.0),
                     voltage=Frontend("zmpt101b", seed=3), sample_rate=4000, seed=1)
-    channels = [{"pin": CURRENT_PINS[0], "name": "ch1", "sensor": SENSOR,
-                 "amps_per_count": NOMINAL_APC}]
-    vb = start_virtual_meter(tmp_path_factory.mktemp("calv") / "flash", stream,
-                             {"device_id": "calv", "channels": channels})
-    yield vb, stream, LoadControl(stream)
-    vb.stop()
+    yield from _started(tmp_path_factory, stream, "calv")
 
 
 def read_power(vb, stream, at, windows=3):

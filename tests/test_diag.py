@@ -12,7 +12,6 @@ import json
 import subprocess
 import sys
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -34,6 +33,8 @@ from ctmeter.model import (
 from ctmeter.virtual.meter import SIM_HEAP, StreamSource, meter_config, start_virtual_meter
 from ctmeter.virtual.supervisor import VirtualBoard
 
+from tests.test_firmware_sim import wait_sim_time
+
 ROOT = Path(__file__).resolve().parents[1]
 FS = 4000
 
@@ -41,15 +42,6 @@ FS = 4000
 def run_cli(*args, timeout=120):
     return subprocess.run([sys.executable, "-m", "ctmeter", *args], capture_output=True,
                           text=True, timeout=timeout, cwd=ROOT)
-
-
-def wait_sim(vb, seconds, timeout=60):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if vb.feed.last_frame is not None and vb.feed.last_frame / FS >= seconds:
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"simulation did not reach {seconds} s")
 
 
 def floating_pin(k0, n, level, seed):
@@ -99,7 +91,7 @@ def healthy(tmp_path_factory):
     vb = start_virtual_meter(tmp_path_factory.mktemp("dh") / "flash", stream,
                              {"device_id": "dg1",
                               "http": {"enabled": True, "url": url, "token": "t0k"}})
-    wait_sim(vb, 25)  # two reading intervals: duty measured, readings posted
+    wait_sim_time(vb, 25, timeout=60)  # two reading intervals: duty measured, readings posted
     yield vb
     vb.stop()
     server.shutdown()
