@@ -202,16 +202,22 @@ def cal_show(port):
         return link.cmd("cal show")["ch1"]
 
 
-def read_irms(vb, stream, at, windows=1):
-    """The meter's `read` of ch1 in `windows` successive windows, and the model's truth
-    since the load changed at `at`."""
+def successive_reads(vb, windows):
+    """ch1 of the meter's `read` in `windows` successive windows (one answer per window)."""
     got, seen = [], None
     with MeterLink.open(vb.port) as link:
         while len(got) < windows:
             r = link.cmd("read")
             if r["uptime_ms"] != seen:
                 seen = r["uptime_ms"]
-                got.append(r["ch1"]["irms"])
+                got.append(r["ch1"])
+    return got
+
+
+def read_irms(vb, stream, at, windows=1):
+    """The meter's `read` of ch1 in `windows` successive windows, and the model's truth
+    since the load changed at `at`."""
+    got = [ch["irms"] for ch in successive_reads(vb, windows)]
     now = vb.feed.last_frame / vb.source.sample_rate_hz
     true = float(stream.truth(at + 1.0, now).irms[0])
     return (got[0], true) if windows == 1 else (got, true)
@@ -383,13 +389,7 @@ def vmeter(tmp_path_factory):
 def read_power(vb, stream, at, windows=3):
     """The meter's ch1 power and voltage averaged over `windows` successive windows, and the
     model's truth since the load changed at `at`."""
-    got, seen = [], None
-    with MeterLink.open(vb.port) as link:
-        while len(got) < windows:
-            r = link.cmd("read")
-            if r["uptime_ms"] != seen:
-                seen = r["uptime_ms"]
-                got.append(r["ch1"])
+    got = successive_reads(vb, windows)
     now = vb.feed.last_frame / vb.source.sample_rate_hz
     mean = {k: sum(g[k] for g in got) / len(got) for k in ("power", "voltage")}
     return mean, stream.truth(at + 1.0, now)
