@@ -6,9 +6,10 @@ a reading averages whole-cycle windows, and the RMS over any other span (say, th
 first to last sample) differs from it by up to ~0.1 % for a pure sine, because that span
 ends inside a cycle.
 
-The virtual board's fast clock counts the host's real time between windows as simulated
-time (unsampled, as on a board), so how much of a file is sampled depends a little on the
-machine's load: counts of readings are checked as ranges, accuracy over the exact windows.
+Replay runs the virtual board's "exact" clock: simulated time advances only by the samples
+the firmware measures, so its windows are back to back from the file's first frame and the
+counts of readings and windows follow from the file's length alone (expected_readings), on
+any machine load.
 """
 
 import json
@@ -17,6 +18,7 @@ import select
 import struct
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +34,30 @@ RECORDINGS = ["kettle", "fridge", "television"]
 FS = 4000
 SECONDS = 6.0
 SEED = 7
+WINDOW = 800  # frames: the firmware's 10 mains cycles at 50 Hz and 4 kHz (200 ms)
+
+
+def expected_readings(seconds, interval_s, fs=FS, window=WINDOW):
+    """Readings the firmware makes over a file of `seconds` of 50 Hz signal.
+
+    On the exact clock window k (k = 1, 2, ...) ends at simulated time k * window / fs, and
+    the feed serves no partial window at the end of the file, so the firmware measures
+    int(seconds * fs) // window windows. Its reading cadence is fixed (the interval after
+    the one before, not after the window that made it), so a reading is made at the end of
+    the first window at or past each multiple of the interval: over the whole windows'
+    duration that is floor(windows * window / fs / interval_s) readings. With 200 ms windows
+    and a 1 s interval: a reading every 5 windows, 6 s -> 30 windows -> 6 readings.
+
+    10 cycles at a measured f are round(10 * fs / f) frames: 800 for 49.97 < f < 50.03 Hz,
+    which holds for Mains.clean() and for Mains(seed=7) over these few seconds (50.02 Hz).
+    """
+    windows = int(round(seconds * fs)) // window
+    return windows * window // (fs * interval_s)
+
+
+def back_to_back(result, window=WINDOW):
+    """The windows the firmware measured cover the file from its first frame without gaps."""
+    return result.windows == [(k * window, window) for k in range(len(result.windows))]
 
 
 def reading_windows(result, channel=1):
@@ -95,7 +121,8 @@ def test_capture_of_model_stream_one_point_calibrated_within_0_3_percent(tmp_pat
     cal_stream = model_stream(Resistive(irms=10.0))
     capture_of(tmp_path / "cal.csv", cal_stream, nominal)
     cal = replay(tmp_path / "cal.csv")
-    assert 4 <= len(cal.readings) <= 5  # 6 s of file, 1 s readings, a partial one dropped
+    assert len(cal.readings) == expected_readings(SECONDS, 1) == 6
+    assert back_to_back(cal) and cal.summary["uncovered"] == 0
     # uncalibrated, this unit reads low by its ratio error (model: -0.5 +- 1 %)
     uncal = [r["current"] / model_reference(cal_stream, w) - 1 for r, w in reading_windows(cal)]
     assert all(-0.02 < e < -0.002 for e in uncal), uncal
@@ -104,7 +131,7 @@ def test_capture_of_model_stream_one_point_calibrated_within_0_3_percent(tmp_pat
         stream = model_stream(load, voltage=True)
         capture_of(tmp_path / "load.csv", stream, scale)
         result = replay(tmp_path / "load.csv")
-        assert 4 <= len(result.readings) <= 5
+        assert len(result.readings) == expected_readings(SECONDS, 1)
         for r, w in reading_windows(result):
             ref = model_reference(stream, w)
             assert r["current"] == pytest.approx(ref, rel=0.003), (load, r, ref)
@@ -116,12 +143,15 @@ def test_physical_csv_of_model_truth_one_point_calibrated_within_0_3_percent(tmp
     physical_of(tmp_path / "cal.csv", cal_stream)
     cal = replay(tmp_path / "cal.csv", seed=SEED)
     assert cal.input.amps_per_count == [pytest.approx(unit().amps_per_count)]
+    # the model's 6 s at 8 kHz end at 5.999875 s: 24000 codes at 4 kHz, as a capture's
+    assert len(cal.input.codes) == SECONDS * FS
+    assert len(cal.readings) == expected_readings(SECONDS, 1) and back_to_back(cal)
     scale = one_point_scale(cal, cal_stream, unit().amps_per_count)
     for load in (Inductive(pf=0.8, irms=4.0), Resistive(irms=18.0)):
         stream = model_stream(load, voltage=True)
         physical_of(tmp_path / "load.csv", stream)
         result = replay(tmp_path / "load.csv", seed=SEED, amps_per_count=scale)
-        assert 4 <= len(result.readings) <= 5
+        assert len(result.readings) == expected_readings(SECONDS, 1)
         for r, w in reading_windows(result):
             ref = model_reference(stream, w)
             assert r["current"] == pytest.approx(ref, rel=0.003), (load, r, ref)
@@ -129,35 +159,38 @@ def test_physical_csv_of_model_truth_one_point_calibrated_within_0_3_percent(tmp
 
 def test_ideal_chain_readings_power_energy_and_summary(tmp_path):
     stream = model_stream(Resistive(watts=2300), voltage=True, ideal=True)
-    capture_of(tmp_path / "ideal.csv", stream, unit(ideal=True).amps_per_count, seconds=8)
+    capture_of(tmp_path / "ideal.csv", stream, unit(ideal=True).amps_per_count, seconds=8.5)
     result = replay(tmp_path / "ideal.csv", interval_s=2)
     readings = result.readings
     n = len(readings)
-    assert 2 <= n <= 3  # 8 s at 2 s intervals, the last partial one dropped
+    # 8.5 s = 34000 frames = 42 whole windows (8.4 s): 4 readings of 10 windows (2 s); the
+    # file's last 0.5 s (2 windows and a partial one) is in no reading
+    assert n == expected_readings(8.5, 2) == 4
     assert [r["seq"] for r in readings] == list(range(readings[0]["seq"],
                                                       readings[0]["seq"] + n))
-    # the firmware measured the file in order, each sample at most once, from its start
-    starts = [i0 for i0, _ in result.windows]
-    assert starts[0] == 0
-    assert all(i0 + m <= j0 for (i0, m), j0 in zip(result.windows, starts[1:], strict=False))
-    for r, w in reading_windows(result):
-        assert round(r["fileStart"] * FS) <= w[0][0]
-        assert w[-1][0] + w[-1][1] == round(r["fileEnd"] * FS)
+    # the firmware measured the file in order, every sample once, from its first frame
+    assert back_to_back(result) and len(result.windows) == 42
+    for k, (r, w) in enumerate(reading_windows(result)):
+        assert r["windows"] == len(w) == 10
+        assert (r["fileStart"], r["fileEnd"]) == (2.0 * k, 2.0 * k + 2)
+        assert w[0][0] == r["fileStart"] * FS and w[-1][0] + w[-1][1] == r["fileEnd"] * FS
+        assert r["ts"] == r["fileEnd"]  # simulated seconds since the start of the replay
     for r, w in reading_windows(result):
         truth = stream.truth(r["fileStart"], r["fileEnd"])
         assert r["current"] == pytest.approx(model_reference(stream, w), rel=0.001)
         assert r["power"] == pytest.approx(truth.p[0], rel=0.003)
         assert r["powerFactor"] == pytest.approx(1.0, abs=0.002)
         assert r["frequency"] == pytest.approx(50.0, abs=0.01)
-        assert r["interval"] == pytest.approx(r["fileEnd"] - r["fileStart"], abs=0.01)
-    # energy integrates all elapsed time, gaps between windows included
+        assert r["interval"] == pytest.approx(r["fileEnd"] - r["fileStart"], abs=1e-6)
+    # energy integrates all elapsed time; here every instant of it was measured
     last = readings[-1]
     true_kwh = stream.energy_wh(0, 0, last["fileEnd"]) / 1000
-    assert last["energyKwh"] == pytest.approx(true_kwh, rel=0.005)
+    # (measured: 2e-5 off; the reading's six decimals of kWh are 2e-4 of this one)
+    assert last["energyKwh"] == pytest.approx(true_kwh, rel=0.001)
     s = result.summary
     ch = s["channels"][0]
     assert ch["readings"] == n and s["readings"] == n
-    assert ch["windows"] == sum(r["windows"] for r in readings) <= len(result.windows)
+    assert ch["windows"] == sum(r["windows"] for r in readings) == 40
     assert ch["energyKwh"] == last["energyKwh"]
     t = sum(r["interval"] for r in readings)
     assert ch["duration"] == pytest.approx(t, abs=0.002)
@@ -165,13 +198,12 @@ def test_ideal_chain_readings_power_energy_and_summary(tmp_path):
         math.sqrt(sum(r["current"] ** 2 * r["interval"] for r in readings) / t), abs=1e-4)
     assert ch["power"] == pytest.approx(2300 * (stream.truth(0, 6).vrms / 230) ** 2, rel=0.01)
     # the file ran out inside an interval: what it held is in no reading
-    assert s["fileDuration"] == 8.0
-    assert s["covered"] == last["fileEnd"]
-    assert s["covered"] + s["uncovered"] == pytest.approx(8.0)
-    assert 0 < s["uncovered"] < 2.0 + 0.25  # less than an interval and a window
+    assert s["fileDuration"] == 8.5
+    assert s["covered"] == last["fileEnd"] == 8.0
+    assert s["uncovered"] == pytest.approx(0.5)
     used = sum(n for _, w in reading_windows(result) for _, n in w)
-    assert s["samplesUsed"] == pytest.approx(used / (8 * FS), abs=1e-4)
-    assert used / (last["fileEnd"] * FS) > 0.9  # short gaps between windows only
+    assert used == 8 * FS  # no gaps between windows
+    assert s["samplesUsed"] == pytest.approx(used / (8.5 * FS), abs=1e-4)
     assert s["missing"] == 0
     assert result.boot["problems"] == [] and result.boot["sample_rate_hz"] == FS
 
@@ -186,13 +218,30 @@ def test_two_current_channels_and_per_column_scales(tmp_path):
     assert result.input.ncurrent == 2 and not result.input.has_voltage
     for ch, expect in ((1, 5.0), (2, 20.0)):
         rs = [r for r in result.readings if r["channel"] == ch]
-        assert 1 <= len(rs) <= 2
+        assert len(rs) == expected_readings(3, 1) == 3  # 15 windows of 200 ms
         for r in rs:
             assert r["current"] == pytest.approx(expect, rel=0.003)
             # no voltage column: power at the nominal voltage and PF 1, as the meter does
             assert r["power"] == pytest.approx(expect * 230, rel=0.003)
     counts = [c["readings"] for c in result.summary["channels"]]
     assert counts[0] == counts[1] == len(result.readings) // 2
+
+
+def test_same_file_gives_identical_readings_on_every_run(tmp_path):
+    # On the exact clock a replay is a function of the file alone: a run on its own and two
+    # runs side by side (each slowing the other down on the host) give identical readings,
+    # times and kWh included, from identical windows. On the fast clock the host's time
+    # between windows moved fileStart/fileEnd and kWh from run to run.
+    stream = model_stream(SMPS(crest_factor=2.5, irms=4.0), voltage=True)
+    capture_of(tmp_path / "cap.csv", stream, unit().amps_per_count)
+    alone = replay(tmp_path / "cap.csv")
+    with ThreadPoolExecutor(2) as pool:
+        together = list(pool.map(lambda _: replay(tmp_path / "cap.csv"), range(2)))
+    assert len(alone.readings) == expected_readings(SECONDS, 1) and back_to_back(alone)
+    for other in together:
+        assert other.readings == alone.readings
+        assert other.windows == alone.windows
+        assert other.summary == alone.summary
 
 
 # ---------------------------------------------------------------- real recordings
@@ -218,7 +267,8 @@ def test_real_recordings_ideal_chain_match_numpy_rms(name):
     result = replay(path, ideal=True, sample_rate_hz=2000)
     inp = result.input
     w = inp.waveform
-    assert len(result.readings) == 1  # 1.5 s of recording, 1 s readings
+    # 1.5 s of recording: 3000 codes at 2 kHz, 7 windows of 400 (10 cycles), 1.4 s -> 1
+    assert len(result.readings) == expected_readings(1.5, 1, fs=2000, window=400) == 1
     r, windows = reading_windows(result)[0]
     # the meter's own quantity: AC RMS over whole-cycle windows -> within 0.3 %
     ac = recorded_reference(w, windows, inp.t0, 2000, remove_dc=True)
@@ -243,6 +293,8 @@ def test_real_recordings_realistic_unit_within_its_ratio_error(name):
     result = replay(path)
     inp = result.input
     assert inp.sample_rate_hz == 4000 and inp.info["sensor"] == "sct013-030"
+    # 5999 codes at 4 kHz: 7 windows of 800 or 801 frames (49.97 Hz), 1.4 s -> 1 reading
+    assert len(result.readings) == expected_readings(1.5, 1) == 1
     r, windows = reading_windows(result)[0]
     ac = recorded_reference(inp.waveform, windows, inp.t0, 4000, remove_dc=True)
     assert r["current"] == pytest.approx(ac, rel=0.02)
@@ -347,8 +399,9 @@ def test_scope_capture_replays_with_repeat(tmp_path):
     assert result.input.info["device"] == "sim" and result.input.info["input"] == "0"
     s = result.summary
     assert s["repeat"] == 4 and s["fileDuration"] == 0.5 and s["played"] == 2.0
-    assert s["readings"] == 1
-    assert result.readings[0]["current"] == pytest.approx(8.0, rel=0.002)
+    assert s["readings"] == expected_readings(2.0, 1) == 2 and s["uncovered"] == 0
+    for r in result.readings:
+        assert r["current"] == pytest.approx(8.0, rel=0.002)
     with pytest.raises(ReplayError, match="repeat 0 must be"):
         replay(path, repeat=0)
 
@@ -397,7 +450,9 @@ def test_cli_end_to_end(tmp_path):
     assert proc.returncode == 0, proc.stderr
     lines = [json.loads(line) for line in proc.stdout.splitlines()]
     readings, summary = lines[:-1], lines[-1]["summary"]
-    assert 2 <= len(readings) <= 3 and summary["readings"] == len(readings)
+    # 3.5 s: 17 windows (3.4 s) -> 3 readings, and the last 0.5 s in none
+    assert len(readings) == expected_readings(3.5, 1) == 3 == summary["readings"]
+    assert summary["uncovered"] == 0.5
     for r in readings:
         assert set(r) >= {"deviceId", "seq", "ts", "channel", "current", "voltage", "power",
                           "apparentPower", "powerFactor", "energyKwh", "frequency",
@@ -406,7 +461,7 @@ def test_cli_end_to_end(tmp_path):
         assert r["powerFactor"] == pytest.approx(0.8, abs=0.01)
     assert summary["channels"][0]["current"] == pytest.approx(7.0, rel=0.003)
     assert summary["channels"][0]["energyKwh"] == readings[-1]["energyKwh"] > 0
-    assert "in no complete reading" in proc.stderr  # the last ~0.5 s
+    assert "the last 0.500 s are in no complete reading" in proc.stderr
 
 
 def test_cli_bad_file_exit_2_and_message(tmp_path):

@@ -50,13 +50,21 @@ Raw ADC capture (`ctmeter capture v1`, also written by `ctmeter scope`):
 Every problem in a file raises ReplayError (a CommandError, exit code 2) naming the file and
 the line.
 
-Timing: the firmware asks for the codes of its simulated sample instants, so the file is
-played in simulated real time. Time the firmware spends between its 200 ms windows
-(computing, posting) is not sampled, as on a board; energy still integrates all of it. The
-file's first sample is what the firmware sees in its first window (booting takes none of
-the file). When the firmware asks for samples past the end of the file the run stops: the
-readings it completed are the result, and the part of the file after the last complete
-reading interval is in none of them (`summary["uncovered"]` says how much).
+Timing: the firmware asks for the codes of its simulated sample instants, and the virtual
+board runs on its "exact" clock: simulated time advances only by the samples the firmware
+measures, never by the host's time, so the machine's load changes nothing and the same file
+gives the same readings (values, counts, times) on every run. The firmware's windows are
+therefore back to back and every sample up to the file's last whole window is measured (on
+a board the time it spends between windows, computing and posting, is not sampled; here
+that time is zero). A reading is made at the end of the first window that reaches the next
+multiple of the interval in simulated time, so a file gives (its whole windows' duration /
+interval), rounded down, readings. At 50 Hz a window is 10 cycles (800 codes at 4 kHz,
+200 ms): with a 1 s interval a reading covers 5 windows, and a 6 s file gives 6 readings, a
+6.5 s file 6 with 0.5 s uncovered. The file's first sample is what the firmware sees in its
+first window (booting takes none of the file). When the firmware asks for samples past the
+end of the file the run stops: the readings it completed are the result, and the part of
+the file after the last complete reading interval is in none of them
+(`summary["uncovered"]` says how much).
 
 A reading needs at least one interval (1 s or more) of signal, longer than what `ctmeter
 scope` captures (at most 2000 codes): `repeat=N` plays the file N times back to back. A
@@ -568,13 +576,12 @@ def run(inp: ReplayInput, interval_s=None, board="esp32", timeout_s=None, on_rea
             flash.mkdir()
             cfg = meter_config(inp, interval_s, url, token, board)
             (flash / "config.json").write_text(json.dumps(cfg, indent=1))
-            # "fast": simulated time as fast as the host allows; the host's time between
-            # windows counts as unsampled time, so a few frames per window are skipped
-            # (the board's "exact" clock would measure every sample; the tests' counts are
-            # written for "fast" still). The clock starts at a fixed, valid date (the
-            # firmware makes no reading with an unset clock); `ts` is reported from the
-            # start of the replay.
-            vb = VirtualBoard(flash, source, clock="fast", heapsize=SIM_HEAP,
+            # "exact": simulated time advances only by the samples measured (and the
+            # firmware's sleeps), not by the host's time between windows, so the windows
+            # are back to back from the file's first frame and a replay is deterministic.
+            # The clock starts at a fixed, valid date (the firmware makes no reading with
+            # an unset clock); `ts` is reported from the start of the replay.
+            vb = VirtualBoard(flash, source, clock="exact", heapsize=SIM_HEAP,
                               epoch=REPLAY_EPOCH)
             try:
                 vb.start()

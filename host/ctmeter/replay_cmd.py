@@ -28,7 +28,9 @@ energyKwh, frequency, interval) plus fileStart/fileEnd (the file's seconds the r
 covers) and windows; then {"summary": {...}} with, per channel, the RMS current and mean
 power over all readings, energyKwh, readings, windows and duration. `ts` counts seconds
 from the start of the replay. Without a voltage column, power assumes PF 1 at the nominal
-voltage, as the meter does. The replay stops when the firmware asks for samples past the
+voltage, as the meter does. Simulated time advances only with the samples the firmware
+measures, so its 200 ms windows (at 50 Hz) are back to back and the same file gives the
+same output on every run. The replay stops when the firmware asks for samples past the
 end of the file: a final partial interval gives no reading (see "uncovered"). A file
 shorter than one interval (a `ctmeter scope` capture is at most 2000 codes) needs
 --repeat N, which plays it N times back to back.
