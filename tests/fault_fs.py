@@ -95,7 +95,8 @@ class FaultFS(FlashFS):
 
 
 # --- CPython side: run storage code on the MicroPython unix port ----------------------------
-STORAGE_MODULES = ("__init__", "modules", "flashfs", "persist", "outbox", "config", "config_check")
+STORAGE_MODULES = ("__init__", "modules", "errors", "flashfs", "persist", "outbox", "config",
+                   "config_check")
 
 
 def compiled_meter(dest):

@@ -20,14 +20,12 @@ rotates the real power back by it. It is used only when a voltage channel exists
 Bad values raise CalibrationError naming the field; nothing is half-applied.
 """
 
+from meter.errors import CalibrationError
+
 KEYS = ("gain", "offset", "table", "phase_deg", "noise_floor")
 MAX_TABLE = 32
 MAX_PHASE_DEG = 30.0
 MIN_STEP = 1e-6  # table points closer than this (1 uA / 1 uV) are a mistake, not data
-
-
-class CalibrationError(ValueError):
-    pass
 
 
 def _number(name, x):

@@ -31,6 +31,8 @@ Reading streams one line at a time (readline with a bound), so RAM use is one ba
 
 import binascii
 
+from meter.errors import OutboxError
+
 try:
     from micropython import const
 except ImportError:
@@ -45,10 +47,6 @@ MAX_RECORD = const(400)
 _FRAME = const(10)  # 8 hex digits, space, newline
 _HEAD = "head"
 _SUFFIX = ".seg"
-
-
-class OutboxError(ValueError):
-    """A record the outbox refuses (too long, not one line) or could not store."""
 
 
 def _seg_name(n):

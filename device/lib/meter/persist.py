@@ -26,6 +26,8 @@ used before. Seqs are therefore monotonic but skip up to `seq_reserve` per reboo
 import binascii
 import json
 
+from meter.errors import PersistError
+
 try:
     from micropython import const
 except ImportError:
@@ -47,10 +49,6 @@ def ticks_diff30(a, b):
 _FORMAT = const(1)
 _MAX_FILE = const(1024)
 SLOTS = ("persist.a", "persist.b")
-
-
-class PersistError(Exception):
-    """The counter state could not be written (the in-memory state is kept)."""
 
 
 def encode(gen, seq, boots, energy):

@@ -6,9 +6,7 @@ Kept apart from the accumulator so each module compiles within a 64 KB MicroPyth
 
 import math
 
-
-class MeterError(ValueError):
-    pass
+from meter.errors import MeterError
 
 
 class ChannelResult:
