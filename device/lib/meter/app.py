@@ -23,20 +23,18 @@ what is *seen*, not what is integrated.
 
 import gc
 import json
-import math
 import sys
 from array import array
 
-from meter import reading
+from meter import modules
 from meter.board import make_board
-from meter.calib import Calibration, CalibrationError
-from meter.config import Config, ConfigError
+from meter.calib import Calibration
 from meter.console import BOOT_PREFIX, Console
-from meter.energy import EnergyCounter, EnergyError
+from meter.energy import EnergyCounter
+from meter.errors import APP_ERRORS, CalibrationError, PersistError
 from meter.flashfs import FlashFS
-from meter.metering import MeterError, WindowAccumulator
-from meter.outbox import Outbox, OutboxError
-from meter.persist import CounterStore, PersistError
+from meter.metering import WindowAccumulator
+from meter.persist import CounterStore
 
 VERSION = "0.1.0"
 _MPY = sys.implementation.name == "micropython"
@@ -44,16 +42,21 @@ _BUF_BYTES = 8192  # the window buffer: 10 cycles at 4 kHz of 5 inputs fit
 _CYCLES = 10  # mains cycles per window (fewer when fs * inputs would not fit the buffer)
 _LOWEST_HZ = 45
 _WDT_MS = 30000
-_BACKOFF_MIN_MS = 2000
-_BACKOFF_MAX_MS = 300000
-_DRAIN_BATCHES = 4  # outbox batches per loop turn while draining (each costs a round trip)
-_BATCH = 8
 # tick counters wrap at 2**30; written as a literal: 1 << 30 is a big int on the chip
 _TICKS_MASK = 0x3FFFFFFF
 _CLOCK_RETRY_MS = 30000  # NTP attempts while the clock is unset
-# HTTP answers that refuse the reading itself: resending cannot help, so it is dropped (and
-# counted) instead of blocking the outbox. 401/403 (a token to fix) and 5xx/408/429 retry.
-_REJECTED = (400, 413, 422)
+# Wi-Fi: checked every second; a link that is down gets a new connect after 5 s, then
+# after 10, 20, ... at most 5 min (a missing access point is not hammered). Each connect
+# returns at once (the driver connects in the background): sampling never waits for it.
+_WIFI_CHECK_MS = 1000
+_WIFI_RETRY_MIN_MS = 5000
+_WIFI_RETRY_MAX_MS = 300000
+# Loaded for one job and dropped after it (meter.modules): delivery (readings, HTTP, the
+# outbox) runs once per interval, the config module at start and for console commands.
+_DELIVER = "meter.deliver"
+_PER_DELIVERY = ("meter.deliver", "meter.reading", "meter.outbox", "meter.http_post")
+_PER_POSTER = ("meter.url", "meter.tlsca")  # shared with MQTT, which stays loaded
+_PER_COMMAND = ("meter.config", "meter.reading")
 # SCT-013-030 (30 A per volt) at 11 dB, 3.3 V over 4096 codes: the scale when the host
 # wrote none. Deploy computes the right one from sensor profile, burden and board.
 DEFAULT_AMPS_PER_COUNT = 30.0 * 3.3 / 4096
@@ -88,9 +91,11 @@ class Meter:
 
     def __init__(self, board=None, fs=None):
         self.fs = fs or FlashFS("/" if sys.platform == "esp32" else ".")
-        self.cfg = Config(self.fs)
-        c = self.cfg.data
-        self.problems = list(self.cfg.problems)
+        cfg = modules.use("meter.config").Config(self.fs)
+        self.conf = c = cfg.data  # the validated config (a dict; the module is dropped)
+        self.problems = list(cfg.problems)
+        del cfg
+        modules.drop("meter.config")
         chans = c["channels"]
         volt = c["voltage"]
         self.nchan = len(chans)
@@ -117,16 +122,22 @@ class Meter:
                                      nominal_hz=50.0 if mains == "auto" else float(mains))
         cap = _BUF_BYTES // (2 * self.nch)
         self.cycles = max(1, min(_CYCLES, cap * _LOWEST_HZ // self.fs_hz))
-        self.buf_frames = cap
-        self.buf = array("H", bytes(2 * cap * self.nch))
+        # the buffer holds one window of this config, not the largest any config needs
+        frames = self.fs_hz * self.cycles // _LOWEST_HZ + 1
+        self.buf_frames = min(cap, frames)
+        self.buf = array("H", bytes(2 * self.buf_frames * self.nch))
         # persistence: 4 ints per channel (energy counter state)
         self.store = CounterStore(self.fs, interval_s=c["persist_interval_s"])
         self.store.load(channels=4 * self.nchan, now_ms=self.board.ticks_ms())
         self.problems += self.store.problems
         e = self.store.energy
         self.energy = [EnergyCounter(*e[4 * i:4 * i + 4]) for i in range(self.nchan)]
-        self.outbox = Outbox(self.fs.subdir("outbox"))
-        self.problems += self.outbox.problems
+        self.outbox_fs = self.fs.subdir("outbox")
+        box = modules.use("meter.outbox").Outbox(self.outbox_fs)
+        self.problems += box.problems
+        self.outbox_seen(box)
+        del box
+        modules.drop("meter.outbox")
         self.intervals = [_Interval() for _ in range(self.nchan)]
         self.last = []  # latest window results
         self.windows = 0
@@ -134,20 +145,19 @@ class Meter:
         self._duty_frames = 0
         self._duty_start_us = None
         self.post_result = "none yet"
-        self.mqtt_result = "off" if not self.cfg.data["mqtt"]["enabled"] else "none yet"
+        self.mqtt_result = "off" if not c["mqtt"]["enabled"] else "none yet"
         self.posts_ok = 0
         self.posts_failed = 0
-        self._backoff_ms = 0
-        self._retry_at = None
-        self._http = None
-        self._mqtt = None
+        self.backoff_ms = 0
+        self.retry_at = None
+        self.http = False  # HTTP delivery on (its poster is made per use: meter.deliver)
+        self.mqtt = None
         self._setup_publishers()
         self.console = Console(out=self._out, mode=c["console"]["mode"], channels=self.nchan,
                                inputs=self.nch, source=self.board.console_source(),
-                               app_errors=(ConfigError, CalibrationError, EnergyError,
-                                           MeterError, PersistError, OutboxError),
+                               app_errors=APP_ERRORS,
                                secrets=self._secrets, commands="meter.commands", context=self,
-                               drop=_MPY)
+                               drop=_MPY, transient=_PER_COMMAND)
         self.hook = None  # called after each window by commands that need live data
         self.mem_errors = 0
         self.rejected = 0
@@ -156,40 +166,48 @@ class Meter:
         self.last_raw = []
         self.uptime_ms = 0
         self.running = False
+        self.wifi_up = True
+        self.wifi_retries = 0
+        self._wifi_wait_ms = 0
+        self._wifi_at = 0
 
     # ---------------------------------------------------------------- setup
     def _secrets(self):
-        return tuple(s for s in (self.cfg.secret("wifi.password"), self.cfg.secret("http.token"),
-                                 self.cfg.secret("mqtt.password")) if s)
+        c = self.conf
+        return tuple(s for s in (c["wifi"]["password"], c["http"]["token"],
+                                 c["mqtt"]["password"]) if s)
+
+    def cadata(self):
+        """The TLS CA (bytes) from the file tls.ca names, or None."""
+        name = self.conf["tls"]["ca"]
+        return self.fs.read(name) if name else None
 
     def _out(self, line):
         print(line)
 
     def _setup_publishers(self):
-        c = self.cfg.data
+        c = self.conf
         cadata = None
-        if c["tls"]["ca"]:
-            try:
-                cadata = self.fs.read(c["tls"]["ca"])
-            except OSError:
-                self.problems.append("tls.ca file not found on flash")
+        try:
+            cadata = self.cadata()
+        except OSError:
+            self.problems.append("tls.ca file not found on flash")
+            self.conf["tls"]["ca"] = ""
         if c["http"]["enabled"]:
-            from meter.http_post import HttpPoster, PostError
-
+            # made once here to check the config; per use afterwards
             try:
-                self._http = HttpPoster(
-                    c["http"]["url"], self.cfg.secret("http.token") or None, cadata=cadata,
-                    timeout_ms=int(c["http"]["timeout_s"] * 1000), default_path=c["http"]["path"])
-            except PostError as exc:
+                self._deliver_use("poster")
+                self.http = True
+            except Exception as exc:  # noqa: BLE001 - PostError of a module now dropped
                 self.problems.append("http disabled: %s" % exc)
         if c["mqtt"]["enabled"]:
             try:
                 from meter.mqtt_pub import MqttPublisher
 
-                self._mqtt = MqttPublisher.from_url(
+                self.mqtt = MqttPublisher.from_url(
                     c["mqtt"]["url"], c["device_id"], cadata=cadata,
                     user=c["mqtt"]["user"] or None,
-                    password=self.cfg.secret("mqtt.password") or None,
+                    password=c["mqtt"]["password"] or None,
                     prefix=c["mqtt"]["prefix"], discovery=c["mqtt"]["discovery"],
                     channels=tuple(range(1, len(c["channels"]) + 1)),
                     voltage=c["voltage"] is not None)
@@ -200,8 +218,10 @@ class Meter:
 
     # ---------------------------------------------------------------- main loop
     def run(self):
-        c = self.cfg.data
-        self.board.wifi_connect(c["wifi"]["ssid"], self.cfg.secret("wifi.password"))
+        c = self.conf
+        self.board.wifi_connect(c["wifi"]["ssid"], c["wifi"]["password"])
+        self._wifi_at = self.board.ticks_ms()
+        self._wifi(self._wifi_at)
         self.clock_ok = self.board.sync_clock()
         print(BOOT_PREFIX + json.dumps({
             "version": VERSION, "device": c["device_id"], "platform": self.board.platform,
@@ -271,7 +291,8 @@ class Meter:
         self.uptime_ms += dt_us // 1000
         b.after_window()
         now_ms = b.ticks_ms()
-        iv = self.cfg.data["interval_s"] * 1000
+        self._wifi(now_ms)
+        iv = self.conf["interval_s"] * 1000
         if b.ticks_diff(now_ms, self._interval_start_ms) >= iv:
             # a fixed cadence: the next interval starts where this one was due, not where
             # the window happened to end (that slipped by up to a window per reading);
@@ -279,10 +300,35 @@ class Meter:
             start = (self._interval_start_ms + iv) & _TICKS_MASK
             self._interval_start_ms = start if b.ticks_diff(now_ms, start) < iv else now_ms
             self._update_duty()
-            self._make_readings()
-        self._deliver(now_ms)
+            if self._clock_ready():
+                self._deliver_use("readings")
+        if self.outbox_depth and (self.http or self.mqtt is not None) and self.link_ready():
+            self._deliver_use("drain")
         if self.store.should_persist(now_ms):
             self.persist(now_ms)
+
+    def _wifi(self, now_ms):
+        """Keep Wi-Fi up: reconnect a dropped link with backoff; deliveries wait for it."""
+        b = self.board
+        if b.ticks_diff(now_ms, self._wifi_at) < 0:
+            return
+        st = b.wifi_status()
+        self.wifi_up = st == "connected" or st == "sim"
+        if self.wifi_up:
+            self._wifi_wait_ms = 0
+            wait = _WIFI_CHECK_MS
+        elif self._wifi_wait_ms == 0:
+            # just found down (or still connecting from boot): give the driver its own
+            # reconnect first
+            wait = self._wifi_wait_ms = _WIFI_RETRY_MIN_MS
+        else:
+            c = self.conf["wifi"]
+            if c["ssid"]:  # no network configured: nothing to retry
+                b.wifi_connect(c["ssid"], c["password"])
+                self.wifi_retries += 1
+            wait = self._wifi_wait_ms
+            self._wifi_wait_ms = min(_WIFI_RETRY_MAX_MS, 2 * wait)
+        self._wifi_at = (now_ms + wait) & _TICKS_MASK
 
     def _update_duty(self):
         now = self.board.ticks_us()
@@ -306,114 +352,28 @@ class Meter:
             self.clock_ok = b.sync_clock()
         return self.clock_ok
 
-    def _make_readings(self):
-        c = self.cfg.data
-        if not self._clock_ready():
-            return
-        ts = self.board.unix_time()
-        out = []
-        for i in range(self.nchan):
-            a = self.intervals[i]
-            if a.t <= 0:
-                continue
-            irms = math.sqrt(a.i2 / a.t)
-            p = a.p / a.t
-            s = a.s / a.t
-            pf = p / s if s > 0 else 0.0
-            v = math.sqrt(a.v2 / a.t)
-            f = a.f / a.t
-            body = reading.encode(c["device_id"], self.store.next_seq(), ts, i + 1, irms, v,
-                                  p, s, pf, self.energy[i].mwh, f, a.t)
-            out.append(body)
-            a.reset()
-        gc.collect()
-        if self._http is not None and self._mqtt is not None:
-            self._mqtt_publish(out)  # a live mirror; HTTP is the delivery that keeps order
-        if self._http is None and self._mqtt is None:
-            return
-        if self.outbox.depth() == 0 and self._link_ready():
-            if self._send(out):
-                return
-        for body in out:
-            self.outbox.append(body)
+    def outbox_seen(self, box):
+        # the outbox is loaded per use: its depth (and status, for the console) are kept
+        self.outbox_depth = box.depth()
+        self.outbox_status = box.status()
 
-    def _link_ready(self):
-        if self._retry_at is None:
-            return True
-        return self.board.ticks_diff(self.board.ticks_ms(), self._retry_at) >= 0
-
-    def _send(self, bodies):
-        """Deliver in order over the delivering link: HTTP, or MQTT when HTTP is off (then
-        readings that cannot be published wait in the outbox like HTTP's). True if done."""
-        if self._http is not None:
-            return self._post(bodies)
-        try:
-            self._mqtt.publish_readings(bodies)
-        except OSError as exc:  # MqttError is an OSError. Bodies before the failure went
-            # out; they go again from the outbox (QoS 1 is at-least-once anyway: receivers
-            # deduplicate on seq)
-            self.mqtt_result = "error: %s" % getattr(exc, "kind", "network")
-            self._failed(self.mqtt_result)
+    def link_ready(self):
+        """False while Wi-Fi is down or while backing off after a failed delivery."""
+        if not self.wifi_up:
             return False
-        self.mqtt_result = "ok"
-        self._delivered()
-        return True
-
-    def _post(self, bodies):
-        from meter.http_post import PostError
-
-        try:
-            status = self._http.post_batch(bodies) if len(bodies) > 1 else \
-                self._http.post(bodies[0])
-        except PostError as exc:
-            self._failed("error: %s" % exc.kind)
-            return False
-        if 200 <= status < 300:
-            self.post_result = "ok %d" % status
-            self._delivered()
+        if self.retry_at is None:
             return True
-        if status in _REJECTED:
-            if len(bodies) > 1:  # a batch is all or nothing: find the refused ones
-                for body in bodies:
-                    if not self._post((body,)):
-                        return False
-                return True
-            self.rejected += 1
-            self.post_result = "rejected: http %d" % status
-            return True
-        self._failed("http %d" % status)
-        return False
+        return self.board.ticks_diff(self.board.ticks_ms(), self.retry_at) >= 0
 
-    def _delivered(self):
-        self.posts_ok += 1
-        self._backoff_ms = 0
-        self._retry_at = None
-
-    def _failed(self, why):
-        self.post_result = why
-        self.posts_failed += 1
-        self._backoff_ms = min(_BACKOFF_MAX_MS, max(_BACKOFF_MIN_MS, self._backoff_ms * 2))
-        self._retry_at = (self.board.ticks_ms() + self._backoff_ms) & _TICKS_MASK
-
-    def _deliver(self, now_ms):
-        """Drain the outbox, oldest first, while the link answers."""
-        if (self._http is None and self._mqtt is None) or self.outbox.depth() == 0 \
-                or not self._link_ready():
-            return
-        for _ in range(_DRAIN_BATCHES):
-            batch = self.outbox.peek(_BATCH)
-            if not batch:
-                return
-            if not self._send(batch):
-                return
-            self.outbox.ack(len(batch))
-
-    def _mqtt_publish(self, bodies):
+    def _deliver_use(self, what):
         try:
-            self._mqtt.publish_readings(bodies)
-            self.mqtt_result = "ok"
-        except OSError as exc:  # MqttError is an OSError
-            self.mqtt_result = "error: %s" % getattr(exc, "kind", "network")
+            return getattr(modules.use(_DELIVER), what)(self)
+        finally:
+            for name in _PER_DELIVERY:
+                modules.drop(name)
+            if self.mqtt is None:
+                for name in _PER_POSTER:
+                    modules.drop(name)
 
     # ---------------------------------------------------------------- persistence
     def _energy_state(self):

@@ -16,7 +16,7 @@ import gc
 import math
 from array import array
 
-from meter import reading
+from meter import modules, reading
 from meter.calib import Calibration
 from meter.energy import EnergyCounter
 from meter.metering import rms_counts
@@ -29,19 +29,25 @@ def status(m):
     gc.collect()  # heap figures of live data, not of garbage waiting for the next collection
     rate, late = b.sampling_stats()
     return {
-        "version": m.VERSION, "device": m.cfg.data["device_id"],
+        "version": m.VERSION, "device": m.conf["device_id"],
         "uptime_s": m.uptime_ms // 1000, "heap_free": b.mem_free(),
         "heap_used": b.mem_alloc(),
-        "wifi": b.wifi_status(), "rssi": b.rssi(), "last_post": m.post_result,
+        "wifi": b.wifi_status(), "wifi_retries": m.wifi_retries, "rssi": b.rssi(),
+        "last_post": m.post_result,
         "mqtt": m.mqtt_result,
         "posts_ok": m.posts_ok, "posts_failed": m.posts_failed,
-        "outbox": m.outbox.status(), "duty": round(m.duty, 4),
+        "outbox": m.outbox_status, "duty": round(m.duty, 4),
         "sample_rate_hz": rate, "jitter_us": late, "windows": m.windows,
         "seq": m.store.seq, "boots": m.store.boots,
         "energy_kwh": [reading.kwh_text(e.mwh) for e in m.energy],
         "problems": m.problems[-5:], "platform": b.platform, "mem_errors": m.mem_errors,
         "clock": "set" if m.clock_ok else "unset", "rejected": m.rejected,
     }
+
+
+def _config(m):
+    # the running config, wrapped for its rules (meter.config is loaded per command)
+    return modules.use("meter.config").Config(m.fs, data=m.conf)
 
 
 def _result(r):
@@ -108,14 +114,17 @@ def _run(m, hook, done):
 
 
 def config_get(m, key=None):
+    cfg = _config(m)
     if key is None:
-        return m.cfg.redacted()
-    return {key: m.cfg.get(key)}
+        return cfg.redacted()
+    return {key: cfg.get(key)}
 
 
 def config_set(m, key, value):
-    m.cfg.set_text(key, value)
-    return {key: m.cfg.get(key), "applies": "after reboot"}
+    cfg = _config(m)
+    cfg.set_text(key, value)
+    m.conf = cfg.data
+    return {key: cfg.get(key), "applies": "after reboot"}
 
 
 def cal_show(m):
@@ -155,7 +164,9 @@ def _cal_name(m, ch):
 def cal_apply(m, ch, params):
     cal = Calibration.from_dict(params)
     key = "voltage.calibration" if ch == m.vch else "channels.%d.calibration" % ch
-    m.cfg.set(key, cal.to_dict())  # validated and written first: nothing half-applied
+    cfg = _config(m)
+    cfg.set(key, cal.to_dict())  # validated and written first: nothing half-applied
+    m.conf = cfg.data
     m.calibs[ch] = cal
     m.acc.calib[ch] = cal
     return {_cal_name(m, ch): cal.to_dict()}

@@ -3,6 +3,7 @@
 
     cfg = Config(fs)                   # loads config.json (or the last good config.json.bak,
     cfg.problems                       # or the defaults) and says what was wrong; never raises
+    cfg = Config(fs, data=running)     # wraps a config validated before (no flash read)
     cfg.data["interval_s"]             # the validated config, every key present
     cfg.get("http.path")               # value by key path; secrets come back as "***"
     cfg.secret("http.token")           # the real secret, for the code that needs it
@@ -23,6 +24,7 @@ the device; only the validated data stays in the heap.
 import json
 
 from meter import modules
+from meter.errors import ConfigError
 
 CONFIG = "config.json"
 BACKUP = "config.json.bak"
@@ -31,12 +33,40 @@ _MAX_FILE = 8192
 _RULES = "meter.config_check"
 
 
-class ConfigError(ValueError):
-    """A config value (or file) that breaks a rule; the message names the key and the rule."""
-
-
 def _rules():
     return modules.use(_RULES)
+
+
+# Reading needs no rules (meter.config_check is ~12 KB of code): `config get` only loads this.
+def redacted(data):
+    """A copy of config data with every secret replaced by "***" (or "" when unset)."""
+    out = json.loads(json.dumps(data))
+    for key_path in SECRETS:
+        section, key = key_path.split(".")
+        if out[section][key]:
+            out[section][key] = "***"
+    return out
+
+
+def get(data, key_path):
+    """The value at a dotted key path in data ("channels.0.pin"); ConfigError if none."""
+    if not isinstance(key_path, str) or not key_path:
+        raise ConfigError("config: empty key")
+    parts = key_path.split(".")
+    node = data
+    for i, p in enumerate(parts):
+        if isinstance(node, list) and p.isdigit():
+            if int(p) < len(node):
+                node = node[int(p)]
+                continue
+            if i < len(parts) - 1:
+                raise ConfigError("config: %s does not exist" % ".".join(parts[:i + 1]))
+        elif isinstance(node, dict) and p in node:
+            node = node[p]
+            continue
+        raise ConfigError("config: %s is not a known key" % (
+            key_path if i == len(parts) - 1 else ".".join(parts[:i + 1])))
+    return node
 
 
 def validate(data):
@@ -48,11 +78,13 @@ def validate(data):
 
 
 class Config:
-    def __init__(self, fs, load=True):
+    def __init__(self, fs, load=True, data=None):
         self.fs = fs
-        self.data = None
+        self.data = data  # given: a config validated before (the running meter's)
         self.source = None  # which file the config came from (None: defaults)
         self.problems = []
+        if data is not None:
+            return
         if load:
             self.load()
         else:
@@ -95,10 +127,7 @@ class Config:
 
     def get(self, key_path):
         """Value at a dotted key path ("http.url", "channels.0.pin"); secrets as "***"."""
-        try:
-            return _rules().get(self.data, key_path)
-        finally:
-            modules.drop(_RULES)
+        return get(self.redacted(), key_path)
 
     def secret(self, key_path):
         """The real value of a secret key, for the code that must use it (never print it)."""
@@ -130,7 +159,7 @@ class Config:
         new = rules.changed(self.data, key_path, value)
         self._write(new)
         self.data = new
-        return rules.get(new, key_path)
+        return get(redacted(new), key_path)
 
     def replace(self, data):
         """Validate and write a whole new config (e.g. pushed by the host)."""
@@ -150,10 +179,7 @@ class Config:
 
     def redacted(self):
         """A copy of the config with every secret replaced by "***" (or "" when unset)."""
-        try:
-            return _rules().redacted(self.data)
-        finally:
-            modules.drop(_RULES)
+        return redacted(self.data)
 
     def __repr__(self):
         return "Config(%s)" % json.dumps(self.redacted())

@@ -267,22 +267,6 @@ def node(data, parts, create):
     return node
 
 
-def raw(data, key_path):
-    parts = _split(key_path)
-    n = node(data, parts, False)
-    last = parts[-1]
-    if isinstance(n, list) and type(last) is int and last < len(n):
-        return n[last]
-    if isinstance(n, dict) and last in n:
-        return n[last]
-    raise ConfigError("config: %s is not a known key" % key_path)
-
-
-def get(data, key_path):
-    """Value at a dotted key path ("http.url", "channels.0.pin"); secrets as "***"."""
-    return _redact(_copy(raw(data, key_path)), key_path)
-
-
 def changed(data, key_path, value):
     """The validated config `data` with key_path = value; ConfigError if a rule breaks."""
     parts = _split(key_path)
@@ -299,18 +283,3 @@ def changed(data, key_path, value):
     else:
         raise ConfigError("config: %s is not a known key" % key_path)
     return validate(cand)
-
-
-def redacted(data):
-    """A copy of the config with every secret replaced by "***" (or "" when unset)."""
-    return _redact(_copy(data), "")
-
-
-def _redact(value, key_path):
-    if key_path in SECRETS:
-        return "***" if value else ""
-    if isinstance(value, dict):
-        for k in value:
-            sub = "%s.%s" % (key_path, k) if key_path else k
-            value[k] = _redact(value[k], sub)
-    return value

@@ -14,8 +14,9 @@ This module is the resident part: it assembles input bytes into lines in a preal
 buffer and keeps the console's state (mode, bound handlers). Everything a complete line
 needs (the command table, strict argument parsing, help, redaction, output formatting) is
 in meter.console_cmds, imported when a line arrives; with drop=True (the firmware) it is
-dropped again after the answer, together with the `commands` module, so ~30 KB of code that
-is used a few times a day does not occupy the heap the meter needs (see meter.modules).
+dropped again after the answer, together with the `commands` module (and the `transient`
+modules the commands load), so ~30 KB of code that is used a few times a day does not
+occupy the heap the meter needs (see meter.modules).
 
 A command's handler is, in this order: a callable bound with register() (or passed in
 `handlers`), else the function of the `commands` module named like the command with "_"
@@ -109,7 +110,7 @@ class LineReader:
 class Console:
     def __init__(self, handlers=None, out=print, mode="human", channels=1, inputs=None,
                  source=None, app_errors=(), secrets=None, max_line=MAX_LINE, commands=None,
-                 context=None, drop=False):
+                 context=None, drop=False, transient=()):
         if mode not in ("human", "json"):
             raise ValueError("mode must be 'human' or 'json'")
         self.out = out
@@ -123,6 +124,7 @@ class Console:
         self.commands = commands
         self.context = context
         self.drop = drop
+        self.transient = transient  # more modules the commands load, dropped with them
         self.bound = {}  # name -> (handler, args or None, help or None)
         self._reader = LineReader(max_line)
         self._busy = False  # a handler is running: poll() must not re-enter
@@ -195,3 +197,5 @@ class Console:
                 modules.drop(CMDS)
                 if self.commands:
                     modules.drop(self.commands)
+                for name in self.transient:
+                    modules.drop(name)

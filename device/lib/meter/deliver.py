@@ -1,0 +1,150 @@
+# SPDX-License-Identifier: MIT
+"""Readings out of the meter: make them at the end of an interval, deliver them in order,
+keep what cannot be delivered in the outbox and drain it when the link is back.
+
+    modules.use("meter.deliver").readings(meter)   # an interval ended (the clock is set)
+    modules.use("meter.deliver").drain(meter)      # the outbox holds readings, link ready
+
+Loaded for each use and dropped after it by meter.app, together with what it imports
+(meter.reading, meter.outbox, meter.http_post, meter.url, meter.tlsca): ~30 KB of code on
+the 64-bit unix port that is needed for a few milliseconds every interval. All state
+stays in the Meter (backoff, counters, outbox depth), so nothing here outlives a call: the
+HTTP poster (parsed URL, TLS context) is made again for each use, which costs far less
+than the TLS handshake that follows it.
+
+Delivery: HTTP when it is enabled (MQTT is then a live mirror, best effort), else MQTT
+with the same outbox discipline. A new reading goes out directly only while the outbox is
+empty, so order holds. An HTTP 400/413/422 refuses the reading itself: it is dropped and
+counted (`rejected`) instead of blocking the outbox for ever; 401/403, 408, 429 and 5xx
+keep it and back off (2 s doubling to 5 min).
+"""
+
+import gc
+import math
+
+from meter import reading
+from meter.outbox import Outbox
+
+_BACKOFF_MIN_MS = 2000
+_BACKOFF_MAX_MS = 300000
+_DRAIN_BATCHES = 4  # outbox batches per loop turn while draining (each costs a round trip)
+_BATCH = 8
+# HTTP answers that refuse the reading itself: resending cannot help
+_REJECTED = (400, 413, 422)
+
+
+def poster(m):
+    """The HTTP poster for the meter's config (PostError when the config cannot work)."""
+    from meter.http_post import HttpPoster
+
+    c = m.conf
+    h = c["http"]
+    return HttpPoster(h["url"], c["http"]["token"] or None, cadata=m.cadata(),
+                      timeout_ms=int(h["timeout_s"] * 1000), default_path=h["path"])
+
+
+def readings(m):
+    """One reading per channel for the interval that ended; sent, or kept in the outbox."""
+    c = m.conf
+    ts = m.board.unix_time()
+    out = []
+    for i in range(m.nchan):
+        a = m.intervals[i]
+        if a.t <= 0:
+            continue
+        s = a.s / a.t
+        p = a.p / a.t
+        out.append(reading.encode(c["device_id"], m.store.next_seq(), ts, i + 1,
+                                  math.sqrt(a.i2 / a.t), math.sqrt(a.v2 / a.t), p, s,
+                                  p / s if s > 0 else 0.0, m.energy[i].mwh, a.f / a.t, a.t))
+        a.reset()
+    gc.collect()
+    if m.http and m.mqtt is not None:
+        _mirror(m, out)  # a live mirror; HTTP is the delivery that keeps order
+    if not m.http and m.mqtt is None:
+        return
+    if m.outbox_depth == 0 and m.link_ready():
+        if _send(m, out):
+            return
+    box = Outbox(m.outbox_fs)
+    try:
+        for body in out:
+            box.append(body)
+    finally:
+        m.outbox_seen(box)
+
+
+def drain(m):
+    """Deliver the outbox, oldest first, while the link answers."""
+    box = Outbox(m.outbox_fs)
+    try:
+        for _ in range(_DRAIN_BATCHES):
+            batch = box.peek(_BATCH)
+            if not batch or not _send(m, batch):
+                return
+            box.ack(len(batch))
+    finally:
+        m.outbox_seen(box)
+
+
+def _send(m, bodies):
+    """Deliver in order over the delivering link. True if done."""
+    if m.http:
+        return _post(m, poster(m), bodies)
+    try:
+        m.mqtt.publish_readings(bodies)
+    except OSError as exc:  # MqttError is an OSError. Bodies before the failure went
+        # out; they go again from the outbox (QoS 1 is at-least-once anyway: receivers
+        # deduplicate on seq)
+        m.mqtt_result = "error: %s" % getattr(exc, "kind", "network")
+        _failed(m, m.mqtt_result)
+        return False
+    m.mqtt_result = "ok"
+    _delivered(m)
+    return True
+
+
+def _post(m, http, bodies):
+    from meter.http_post import PostError
+
+    try:
+        status = http.post_batch(bodies) if len(bodies) > 1 else http.post(bodies[0])
+    except PostError as exc:
+        _failed(m, "error: %s" % exc.kind)
+        return False
+    if 200 <= status < 300:
+        m.post_result = "ok %d" % status
+        _delivered(m)
+        return True
+    if status in _REJECTED:
+        if len(bodies) > 1:  # a batch is all or nothing: find the refused ones
+            for body in bodies:
+                if not _post(m, http, (body,)):
+                    return False
+            return True
+        m.rejected += 1
+        m.post_result = "rejected: http %d" % status
+        return True
+    _failed(m, "http %d" % status)
+    return False
+
+
+def _delivered(m):
+    m.posts_ok += 1
+    m.backoff_ms = 0
+    m.retry_at = None
+
+
+def _failed(m, why):
+    m.post_result = why
+    m.posts_failed += 1
+    m.backoff_ms = min(_BACKOFF_MAX_MS, max(_BACKOFF_MIN_MS, m.backoff_ms * 2))
+    m.retry_at = (m.board.ticks_ms() + m.backoff_ms) & 0x3FFFFFFF  # ticks wrap at 2**30
+
+
+def _mirror(m, bodies):
+    try:
+        m.mqtt.publish_readings(bodies)
+        m.mqtt_result = "ok"
+    except OSError as exc:  # MqttError is an OSError
+        m.mqtt_result = "error: %s" % getattr(exc, "kind", "network")
