@@ -45,14 +45,19 @@ class machine:
 class WLAN:
     def __init__(self, mode):
         self.connected = False
+        self.st = 1000  # STAT_IDLE
     def active(self, on):
         log.append(["active", on])
     def isconnected(self):
         return self.connected
     def connect(self, ssid, password):
         log.append(["connect", ssid])
+        self.st = 1001
+    def disconnect(self):
+        log.append(["disconnect"])
+        self.st = 1000
     def status(self, what=None):
-        return -60 if what == "rssi" else 1001
+        return -60 if what == "rssi" else self.st
 
 class network:
     STA_IF = 0
@@ -79,6 +84,8 @@ out = {"nch": b.nch, "codes": codes, "rate": rate, "late": late}
 out["wifi_before"] = b.wifi_status()
 b.wifi_connect("home", "hunter2-wifi-PASS")
 out["wifi_connecting"] = b.wifi_status()
+b.wifi_connect("home", "hunter2-wifi-PASS")   # the meter's retry while still connecting
+out["wifi_log"] = [e for e in log if e[0] in ("connect", "disconnect")]
 b.sync_clock()
 out["ntp_offline"] = ["ntp"] in log
 b._wlan.connected = True
@@ -107,6 +114,8 @@ def test_esp32_board_layer_with_machine_faked(micropython):
         [((36 + 1 + k) * 37) % 4096 for k in range(3)]
     assert out["rate"] == 4000 and out["late"] >= 0
     assert out["wifi_before"] == "down" and out["wifi_connecting"] == "connecting"
+    # a retry (after the meter's backoff) drops a stuck attempt and starts over
+    assert out["wifi_log"] == [["connect", "home"], ["disconnect"], ["connect", "home"]]
     assert out["ntp_offline"] is False  # no NTP attempt without Wi-Fi
     assert out["wifi_up"] == "connected" and out["rssi"] == -60
     assert ["ntp"] in log  # with Wi-Fi up, sync_clock asks NTP

@@ -245,3 +245,59 @@ def test_a_refused_reading_is_dropped_not_retried_for_ever(tmp_path):
     expected = [s for s in range(unique[0], unique[-1] + 1) if s % 5 != 2]
     assert unique == expected
     assert list(dict.fromkeys(seqs)) == unique  # in order
+
+
+def test_wifi_drop_reconnects_with_backoff_and_delivers_the_backlog(tmp_path):
+    # CTMETER_WIFI: the virtual board's simulated access point. The station link drops when
+    # the access point goes away and comes back only through a connect made while it is up.
+    ap = tmp_path / "access-point"
+    ap.write_text("up")
+    server, url = _receiver()
+    stream = Stream([Channel(Frontend("sct013-030", ideal=True), Resistive(watts=1000))],
+                    mains=Mains.clean(), sample_rate=4000, seed=4)
+    vb = start_virtual_meter(tmp_path / "flash", stream,
+                             {"device_id": "w1",
+                              "wifi": {"ssid": "home", "password": "wifi-pass-1"}, **_http(url)},
+                             timelapse_s=9.8, extra_env={"CTMETER_WIFI": str(ap)})
+    try:
+        con = Console(vb.port)
+        wait_sim_time(vb, 600)
+        before = con.cmd("status")
+        ap.write_text("down")
+        down_at = vb.feed.last_frame / 4000
+        wait_sim_time(vb, down_at + 600)
+        early = con.cmd("status")
+        wait_sim_time(vb, down_at + 3600)
+        late = con.cmd("status")
+        ap.write_text("up")
+        # the next connect comes within the 5-minute backoff, then the backlog drains
+        for k in range(1, 7):
+            wait_sim_time(vb, down_at + 3600 + 300 * k, timeout=180)
+            after = con.cmd("status")
+            if after["wifi"] == "connected" and after["outbox"]["depth"] == 0:
+                break
+        con.close()
+        time.sleep(0.3)
+    finally:
+        vb.stop()
+        server.shutdown()
+    print("wifi retries after 10 min down:", early["wifi_retries"], "after 60 min:",
+          late["wifi_retries"], "outbox:", late["outbox"]["depth"])
+    assert before["wifi"] == "connected" and before["wifi_retries"] == 0
+    assert early["wifi"] == late["wifi"] == "down"
+    # Backoff: connects after 5, 10, 20, ... s, then every 5 min (here in 10 s windows):
+    # ~7 in the first 10 minutes, then one per 300 s, not one per window.
+    assert 5 <= early["wifi_retries"] <= 10
+    per_300s = (late["uptime_s"] - early["uptime_s"]) / 300
+    assert abs(late["wifi_retries"] - early["wifi_retries"] - per_300s) <= 1.5
+    # no HTTP attempt while the link is down: readings go straight to the outbox
+    assert late["posts_failed"] - before["posts_failed"] <= 1
+    assert late["outbox"]["depth"] >= 355  # the hour's 10 s readings, kept on flash
+    assert after["wifi"] == "connected" and after["outbox"]["depth"] == 0
+    assert after["outbox"]["dropped"] == 0
+    seqs = [r["seq"] for r in server.state["received"]]
+    unique = sorted(set(seqs))
+    assert unique == list(range(unique[0], unique[-1] + 1))  # none missing
+    first_seen = list(dict.fromkeys(seqs))
+    assert first_seen == unique  # in order
+    assert len(unique) >= (3600 + 600 + 600) / 10 * 0.97

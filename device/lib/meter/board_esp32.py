@@ -100,9 +100,11 @@ class Esp32Board(BoardBase):
             self._wlan.active(True)
         if not self._wlan.isconnected():
             try:
+                if self._wlan.status() == network.STAT_CONNECTING:
+                    self._wlan.disconnect()  # a stuck attempt: the meter backed off, start over
                 self._wlan.connect(ssid, password)
             except OSError:
-                pass  # an attempt already in progress; status() tells
+                pass  # the driver refused (busy); the meter tries again after its backoff
 
     def wifi_status(self):
         if self._wlan is None:

@@ -86,6 +86,11 @@ class UnixBoard(BoardBase):
         self._late_max_us = 0
         self._wdt_timeout_ns = 0
         self._wdt_last_ns = 0
+        # simulated Wi-Fi: CTMETER_WIFI names a file saying whether the access point is
+        # "up" or "down" (tests switch it); unset, the host's network is the link ("sim")
+        self._ap = os.getenv("CTMETER_WIFI") or None
+        self._linked = False
+        self.wifi_connects = 0
 
     # clock
     def _now_ns(self):
@@ -184,12 +189,27 @@ class UnixBoard(BoardBase):
                 print("wdt: watchdog timeout, resetting")
                 self.reset()
 
-    # Wi-Fi: the unix port uses the host's network directly
+    # Wi-Fi: the unix port uses the host's network directly; with CTMETER_WIFI a link is
+    # simulated as a station sees it: it drops when the access point goes away and comes
+    # back only through a connect while the access point is there
+    def _ap_up(self):
+        try:
+            with open(self._ap) as f:
+                return f.read().strip() == "up"
+        except OSError:
+            return False
+
     def wifi_connect(self, ssid, password):
-        pass
+        if self._ap is not None:
+            self.wifi_connects += 1
+            self._linked = self._ap_up()
 
     def wifi_status(self):
-        return "sim"
+        if self._ap is None:
+            return "sim"
+        if self._linked and not self._ap_up():
+            self._linked = False
+        return "connected" if self._linked else "down"
 
     def rssi(self):
         return None
