@@ -317,6 +317,12 @@ def test_bad_inputs_give_clear_errors_and_change_nothing(meter, tmp_path, capsys
     assert rc == 0, err  # 8 A from W / V
     rc, _, err = cli(capsys, "point", *common, "--amps", "8.2")
     assert rc == 1 and "within 20 %" in err and "--replace 1" in err
+    switch(loads, stream, 60.0)  # twice the CT's rating: the ADC clips
+    with MeterLink.open(vb.port) as link:
+        ans = link.cmd("cal point 0 60")  # the device reports the range over its windows
+    assert ans["max_code"] == 4095 and ans["clipped"] > 0 and 0 <= ans["min_code"] < 100
+    rc, _, err = cli(capsys, "point", *common, "--amps", "60")
+    assert rc == 1 and "clips" in err
     switch(loads, stream, None)
     rc, _, err = cli(capsys, "point", *common, "--amps", "3")
     assert rc == 1 and "no load on ch1" in err

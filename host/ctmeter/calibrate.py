@@ -684,7 +684,11 @@ class Session:
                 "is the reference load switched on, and does the CT clamp ONE conductor "
                 "(live or neutral, not the whole cable) of that circuit?")
         codes, runs = self._capture()
-        p = Point(amps, raw, int(ans["windows"]), ref, codes, min(codes), max(codes), runs)
+        # the code range over every window of the measurement (firmware that reports it)
+        # and of the capture: a load that clips in any of them is no reference
+        lo = min(min(codes), int(ans.get("min_code", ADC_MAX_CODE)))
+        hi = max(max(codes), int(ans.get("max_code", 0)))
+        p = Point(amps, raw, int(ans["windows"]), ref, codes, lo, hi, runs)
         if p.max_code >= ADC_MAX_CODE or p.min_code <= 0:
             raise CalibrateError(
                 f"the ADC clips at this load ({raw:.3g} A uncalibrated; codes reach "

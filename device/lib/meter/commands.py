@@ -132,29 +132,39 @@ def cal_show(m):
 
 
 def _measure_raw(m, ch):
-    acc = [0, 0.0]  # windows, sum of raw Irms^2
+    # windows, sum of raw Irms^2, and the input's code range and clipped samples over all
+    # of them (a reference load that clips the ADC in any window is no reference)
+    acc = [0, 0.0, 4095, 0, 0]
 
     def collect(m, frames):
         raw = _raw_rms(m, ch)
         acc[0] += 1
         acc[1] += raw * raw
+        for r in m.last:
+            if r.channel == ch:
+                acc[2] = min(acc[2], r.min)
+                acc[3] = max(acc[3], r.max)
+                acc[4] += r.clipped
 
     _run(m, collect, lambda: acc[0] >= CAL_WINDOWS)
-    return math.sqrt(acc[1] / acc[0]), acc[0]
+    raw = math.sqrt(acc[1] / acc[0])
+    return raw, {"ch": ch, "raw_irms": raw, "raw_rms": raw, "windows": acc[0],
+                 "min_code": acc[2], "max_code": acc[3], "clipped": acc[4]}
 
 
 # cal zero/point/apply/clear take an input: a current channel, or the voltage input (its
 # index is the number of current channels; true_amps is then the true voltage in V).
 def cal_zero(m, ch):
-    raw, n = _measure_raw(m, ch)
-    return {"ch": ch, "raw_irms": raw, "raw_rms": raw, "windows": n,
-            "rms_codes": raw / m.acc.scales[ch]}
+    raw, out = _measure_raw(m, ch)
+    out["rms_codes"] = raw / m.acc.scales[ch]
+    return out
 
 
 def cal_point(m, ch, true_amps):
-    raw, n = _measure_raw(m, ch)
-    return {"ch": ch, "raw_irms": raw, "raw_rms": raw, "true_amps": true_amps, "windows": n,
-            "ratio": true_amps / raw if raw > 0 else None}
+    raw, out = _measure_raw(m, ch)
+    out["true_amps"] = true_amps
+    out["ratio"] = true_amps / raw if raw > 0 else None
+    return out
 
 
 def _cal_name(m, ch):
