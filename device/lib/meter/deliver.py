@@ -23,7 +23,6 @@ import gc
 import math
 
 from meter import reading
-from meter.outbox import Outbox
 
 _BACKOFF_MIN_MS = 2000
 _BACKOFF_MAX_MS = 300000
@@ -66,7 +65,7 @@ def readings(m):
     if m.outbox_depth == 0 and m.link_ready():
         if _send(m, out):
             return
-    box = Outbox(m.outbox_fs)
+    box = _outbox(m)
     try:
         for body in out:
             box.append(body)
@@ -76,7 +75,7 @@ def readings(m):
 
 def drain(m):
     """Deliver the outbox, oldest first, while the link answers."""
-    box = Outbox(m.outbox_fs)
+    box = _outbox(m)
     try:
         for _ in range(_DRAIN_BATCHES):
             batch = box.peek(_BATCH)
@@ -85,6 +84,13 @@ def drain(m):
             box.ack(len(batch))
     finally:
         m.outbox_seen(box)
+
+
+def _outbox(m):
+    # imported only when a reading must wait or the outbox drains: usually neither
+    from meter.outbox import Outbox
+
+    return Outbox(m.outbox_fs)
 
 
 def _send(m, bodies):
