@@ -493,3 +493,37 @@ def test_meter_with_mqtt_only_keeps_every_reading_through_a_broker_outage(broker
     assert unique == list(range(unique[0], unique[-1] + 1))  # none missing
     first_seen = list(dict.fromkeys(seqs))
     assert first_seen == unique  # in order
+
+
+def test_meter_keeps_its_mqtt_session_alive_between_sparse_readings(broker, tmp_path):
+    """Readings far apart (3600 simulated s, seconds of real time here), 1 s keepalive:
+    the broker drops a client silent for 1.5 keepalives and publishes its "offline" will,
+    unless the meter pings in between. The keepalive runs on real time, as the broker's."""
+    from ctmeter.model import Channel, Frontend, Mains, Resistive, Stream
+    from ctmeter.virtual.meter import start_virtual_meter
+
+    from tests.test_firmware_sim import wait_sim_time
+
+    stream = Stream([Channel(Frontend("sct013-030", ideal=True), Resistive(watts=1000))],
+                    mains=Mains.clean(), sample_rate=4000, seed=4)
+    sub = Subscriber(broker.port, topics=("ctmeter/ka1/#",))
+    vb = start_virtual_meter(tmp_path / "flash", stream,
+                             {"device_id": "ka1", "interval_s": 3600, "mqtt": {
+                                 "enabled": True, "url": f"mqtt://127.0.0.1:{broker.port}",
+                                 "discovery": False, "keepalive_s": 1}})
+    try:
+        wait_sim_time(vb, 3600 + 60, timeout=60)  # the first reading connected the meter
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 8.0:  # several keepalives, silent but for pings
+            time.sleep(0.1)
+        done = vb.feed.last_frame / 4000
+        msgs = sub.snapshot()  # before the chip is stopped (that drop sends the will)
+    finally:
+        vb.stop()
+        sub.close()
+    status = [m[1] for m in msgs if m[0] == "ctmeter/ka1/status"]
+    print("simulated s:", round(done), "status messages:", status)
+    assert status and status[0] == b"online"
+    assert b"offline" not in status  # never dropped by the broker
+    assert status.count(b"online") == 1  # and never had to reconnect
+    assert len(states(msgs)) >= 1

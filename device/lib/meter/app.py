@@ -233,6 +233,7 @@ class Meter:
                     user=c["mqtt"]["user"] or None,
                     password=c["mqtt"]["password"] or None,
                     prefix=c["mqtt"]["prefix"], discovery=c["mqtt"]["discovery"],
+                    keepalive_s=c["mqtt"]["keepalive_s"],
                     channels=tuple(range(1, len(c["channels"]) + 1)),
                     voltage=c["voltage"] is not None)
             except ImportError as exc:
@@ -294,6 +295,8 @@ class Meter:
         self._end_window()
         if self.hook is not None:
             self.hook(self, n)
+        if self.mqtt is not None:
+            self._mqtt_keepalive()
         self.console.poll()
         self.board.wdt_feed()
 
@@ -353,6 +356,15 @@ class Meter:
             wait = self._wifi_wait_ms
             self._wifi_wait_ms = min(_WIFI_RETRY_MAX_MS, 2 * wait)
         self._wifi_at = (now_ms + wait) & _TICKS_MASK
+
+    def _mqtt_keepalive(self):
+        # a ping when the connection was idle for half the keepalive (a check of the clock
+        # otherwise): with readings less often than 1.5 keepalives the broker would drop
+        # the session and publish the "offline" will between every two readings
+        try:
+            self.mqtt.poll()
+        except OSError as exc:  # MqttError: the link is dropped, the next publish reconnects
+            self.mqtt_result = "error: %s" % getattr(exc, "kind", "network")
 
     def _update_duty(self):
         now = self.board.ticks_us()
