@@ -527,3 +527,37 @@ def test_meter_keeps_its_mqtt_session_alive_between_sparse_readings(broker, tmp_
     assert b"offline" not in status  # never dropped by the broker
     assert status.count(b"online") == 1  # and never had to reconnect
     assert len(states(msgs)) >= 1
+
+
+def test_meter_stopped_with_ctrl_c_says_offline_at_once(broker, tmp_path):
+    """Ctrl-C (mpremote, a deploy) stops the meter cleanly: a retained "offline" goes out
+    at once. Without it the broker would say so only when the keepalive (here 5 s, 1.5x)
+    ran out, or, for a board that resets, when its last will fires."""
+    from ctmeter.model import Channel, Frontend, Mains, Resistive, Stream
+    from ctmeter.virtual.meter import start_virtual_meter
+
+    stream = Stream([Channel(Frontend("sct013-030", ideal=True), Resistive(watts=1000))],
+                    mains=Mains.clean(), sample_rate=4000, seed=4)
+    sub = Subscriber(broker.port, topics=("ctmeter/cc1/status",))
+    vb = start_virtual_meter(tmp_path / "flash", stream,
+                             {"device_id": "cc1", "mqtt": {
+                                 "enabled": True, "url": f"mqtt://127.0.0.1:{broker.port}",
+                                 "discovery": False, "keepalive_s": 5}})
+    try:
+        deadline = time.monotonic() + 30
+        while not any(m[1] == b"online" for m in sub.snapshot()):
+            assert time.monotonic() < deadline, "the meter never came online"
+            time.sleep(0.05)
+        port = os.open(vb.port, os.O_RDWR | os.O_NOCTTY)
+        os.write(port, b"\r\x03")  # as mpremote breaks in
+        t0 = time.monotonic()
+        while not any(m[1] == b"offline" for m in sub.snapshot()):
+            assert time.monotonic() - t0 < 5.0, "no offline before the keepalive ran out"
+            time.sleep(0.02)
+        took = time.monotonic() - t0
+        os.close(port)
+    finally:
+        vb.stop()
+        sub.close()
+    print("offline %.2f s after Ctrl-C" % took)
+    assert took < 2.0

@@ -425,8 +425,11 @@ class Meter:
             self.problems.append(str(exc))
 
     def shutdown(self):
-        """Clean stop: persist the counters (Ctrl-C, reboot, end of a test run)."""
+        """Clean stop: persist the counters (Ctrl-C, reboot, end of a test run) and leave
+        the MQTT session with a retained "offline" (close() never raises)."""
         self.persist(self.board.ticks_ms())
+        if self.mqtt is not None:
+            self.mqtt.close()
 
 
 def main():
