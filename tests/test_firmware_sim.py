@@ -328,3 +328,29 @@ def test_duty_over_95_percent_posting_every_10_s_over_a_300_ms_link(tmp_path):
     assert status["duty"] >= 0.95
     # and the latency is really in it: a post every 10 s costs 3 % of the time
     assert status["duty"] <= 0.975
+
+
+def test_https_with_its_ca_file_missing_is_refused_at_start_and_named(tmp_path):
+    # TLS needs the CA to verify the server: with the file tls.ca names not on the flash,
+    # HTTP is disabled at start with the reason in status.problems, and the meter measures
+    # on (nothing is ever sent unverified)
+    stream = Stream([Channel(Frontend("sct013-030", ideal=True), Resistive(watts=1000))],
+                    mains=Mains.clean(), sample_rate=4000, seed=4)
+    vb = start_virtual_meter(tmp_path / "flash", stream, {"device_id": "t1", "http": {
+        "enabled": True, "url": "https://127.0.0.1:9/api", "token": "s3cret-token"},
+        "tls": {"ca": "ca.pem"}}, timelapse_s=9.8)
+    try:
+        con = Console(vb.port)
+        wait_sim_time(vb, 120)
+        status = con.cmd("status")
+        read = con.cmd("read")
+        con.close()
+    finally:
+        vb.stop()
+    assert "tls.ca file not found on flash" in status["problems"], status["problems"]
+    problems = [p for p in status["problems"] if p.startswith("http disabled: config: ")]
+    assert len(problems) == 1, status["problems"]
+    assert "s3cret" not in json.dumps(status)
+    assert status["last_post"] == "none yet" and status["posts_failed"] == 0
+    assert status["outbox"]["depth"] == 0  # no link: readings are not queued for ever
+    assert float(read["ch1"]["energy_kwh"]) > 0

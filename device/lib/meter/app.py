@@ -93,9 +93,9 @@ def _intern_names():
 
     Their names (qstrs) are interned for good then, while the heap is still empty. Interned
     names are never freed, and their table grows by doubling: on the 64-bit unix port one
-    step is a single ~7 KB block. Grown later, in a heap fragmented by hours of work, that
-    block may not be found, and a console line is refused for lack of memory though the
-    heap has room (measured: the two-channel console fuzz needed 144 KB without this).
+    step is a single ~7 KB block. Grown later, in a heap fragmented by days of work, that
+    block may not be found, and a console line would be refused for lack of memory though
+    the heap has room in smaller pieces.
     """
     if not _MPY:
         return
@@ -219,11 +219,10 @@ class Meter:
             self.conf["tls"]["ca"] = ""
         if c["http"]["enabled"]:
             # made once here to check the config; per use afterwards
-            try:
-                self._deliver_use("poster")
-                self.http = True
-            except Exception as exc:  # noqa: BLE001 - PostError of a module now dropped
-                self.problems.append("http disabled: %s" % exc)
+            why = self._deliver_use("check_http")
+            if why:
+                self.problems.append("http disabled: %s" % why)
+            self.http = not why
         if c["mqtt"]["enabled"]:
             try:
                 from meter.mqtt_pub import MqttPublisher

@@ -42,6 +42,17 @@ def poster(m):
                       timeout_ms=int(h["timeout_s"] * 1000), default_path=h["path"])
 
 
+def check_http(m):
+    """Why the HTTP config cannot work (text), or None: the meter's start-up check."""
+    from meter.http_post import PostError
+
+    try:
+        poster(m)
+    except PostError as exc:
+        return str(exc)
+    return None
+
+
 def readings(m):
     """One reading per channel for the interval that ended; sent, or kept in the outbox."""
     c = m.conf
