@@ -36,9 +36,8 @@ def poster(m):
     """The HTTP poster for the meter's config (PostError when the config cannot work)."""
     from meter.http_post import HttpPoster
 
-    c = m.conf
-    h = c["http"]
-    return HttpPoster(h["url"], c["http"]["token"] or None, cadata=m.cadata(),
+    h = m.conf["http"]
+    return HttpPoster(h["url"], h["token"] or None, cadata=m.cadata(),
                       timeout_ms=int(h["timeout_s"] * 1000), default_path=h["path"])
 
 
@@ -107,7 +106,14 @@ def _outbox(m):
 def _send(m, bodies):
     """Deliver in order over the delivering link. True if done."""
     if m.http:
-        return _post(m, poster(m), bodies)
+        from meter.http_post import PostError
+
+        try:
+            http = poster(m)
+        except (PostError, OSError):  # e.g. the CA file became unreadable since the start
+            _failed(m, "error: config")
+            return False
+        return _post(m, http, bodies)
     try:
         m.mqtt.publish_readings(bodies)
     except OSError as exc:  # MqttError is an OSError. Bodies before the failure went
