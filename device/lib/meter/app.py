@@ -45,6 +45,7 @@ _WDT_MS = 30000
 # tick counters wrap at 2**30; written as a literal: 1 << 30 is a big int on the chip
 _TICKS_MASK = 0x3FFFFFFF
 _CLOCK_RETRY_MS = 30000  # NTP attempts while the clock is unset
+_MAX_FAILING = 20  # windows in a row that raise before the meter gives up (~4 s)
 # Wi-Fi: checked every second; a link that is down gets a new connect after 5 s, then
 # after 10, 20, ... at most 5 min (a missing access point is not hammered). Each connect
 # returns at once (the driver connects in the background): sampling never waits for it.
@@ -184,6 +185,9 @@ class Meter:
                                drop=_MPY, transient=_PER_COMMAND)
         self.hook = None  # called after each window by commands that need live data
         self.mem_errors = 0
+        self.errors = 0  # other exceptions the loop survived (status), the last one's type
+        self.last_error = None
+        self._failing = 0  # windows in a row that failed
         self.rejected = 0
         self.clock_ok = False
         self._clock_try_ms = None
@@ -262,6 +266,7 @@ class Meter:
             while self.running:
                 try:
                     self.step()
+                    self._failing = 0
                 except KeyboardInterrupt:
                     # Ctrl-C: mpremote or a deploy wants the REPL; the watchdog must not
                     # reset the board under it
@@ -273,6 +278,17 @@ class Meter:
                     self.mem_errors += 1
                     self.hook = None
                     gc.collect()
+                except Exception as exc:  # noqa: BLE001 - counted, shown, and bounded
+                    # A failure in a rare path (a post, a flash file, a console command)
+                    # must not stop the meter: counted in status, energy integrates on.
+                    # The same failure in window after window is not rare: then the meter
+                    # stops (the watchdog restarts the board).
+                    self.errors += 1
+                    self.last_error = type(exc).__name__
+                    self.hook = None
+                    self._failing += 1
+                    if self._failing >= _MAX_FAILING:
+                        raise
         finally:
             self.shutdown()
 

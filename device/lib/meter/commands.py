@@ -41,6 +41,7 @@ def status(m):
         "seq": m.store.seq, "boots": m.store.boots,
         "energy_kwh": [reading.kwh_text(e.mwh) for e in m.energy],
         "problems": m.problems[-5:], "platform": b.platform, "mem_errors": m.mem_errors,
+        "errors": m.errors, "last_error": m.last_error,
         "clock": "set" if m.clock_ok else "unset", "rejected": m.rejected,
     }
 

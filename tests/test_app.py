@@ -1,0 +1,147 @@
+# SPDX-License-Identifier: MIT
+"""meter.app's loop and meter.deliver with stand-ins (CPython): paths the virtual board
+cannot reach easily. The whole firmware is exercised end to end in test_firmware_sim and
+test_soak."""
+
+import json
+import math
+
+import pytest
+from meter import app, deliver
+from meter.app import Meter, _Interval
+from meter.board import BoardBase
+from meter.energy import EnergyCounter
+from meter.flashfs import FlashFS
+from meter.outbox import Outbox
+
+
+class Board:
+    def __init__(self):
+        self.ms = 1000
+
+    def ticks_ms(self):
+        return self.ms
+
+    def ticks_diff(self, a, b):
+        return a - b
+
+    def unix_time(self):
+        return 1700000000
+
+
+class Store:
+    def __init__(self):
+        self.seq = 0
+
+    def next_seq(self):
+        self.seq += 1
+        return self.seq - 1
+
+
+class StandIn:
+    """The attributes of meter.app.Meter that deliver reads and writes."""
+
+    link_ready = Meter.link_ready
+    outbox_seen = Meter.outbox_seen
+    cadata = Meter.cadata
+
+    def __init__(self, tmp_path, conf):
+        self.fs = FlashFS(str(tmp_path))
+        self.outbox_fs = self.fs.subdir("outbox")
+        self.conf = conf
+        self.board = Board()
+        self.store = Store()
+        self.nchan = 1
+        self.intervals = [_Interval()]
+        self.intervals[0].add(type("R", (), {"irms": 4.0, "power": 900.0, "apparent": 920.0,
+                                             "voltage": 230.0, "frequency": 50.0})(), 10.0)
+        self.energy = [EnergyCounter(1234)]
+        self.http, self.mqtt, self.wifi_up = True, None, True
+        self.outbox_depth, self.backoff_ms, self.retry_at = 0, 0, None
+        self.posts_ok = self.posts_failed = self.rejected = 0
+        self.post_result = "none yet"
+
+
+def test_a_ca_file_gone_after_the_start_keeps_the_reading_and_backs_off(tmp_path):
+    conf = {"device_id": "d1", "tls": {"ca": "ca.pem"},
+            "http": {"url": "https://collector.lan/api", "token": "t0ken-abc", "timeout_s": 5,
+                     "path": "/api/measurements"}}
+    m = StandIn(tmp_path, conf)  # the meter started with ca.pem; it is gone now
+    deliver.readings(m)  # must not raise: the meter's loop would stop
+    assert m.post_result == "error: config" and m.posts_failed == 1
+    assert m.retry_at is not None and m.backoff_ms == 2000
+    assert m.outbox_depth == 1 and m.outbox_status["depth"] == 1
+    kept = Outbox(m.outbox_fs).peek(8)
+    assert [json.loads(b)["seq"] for b in kept] == [0]
+    assert json.loads(kept[0])["energyKwh"] == 0.001234
+    assert m.link_ready() is False  # backing off: the next reading goes to the outbox
+
+
+# -- the meter's loop survives a rare failure, and not a permanent one -------------------------
+
+class LoopBoard(BoardBase):
+    """A board for Meter.run() under CPython: a clean 50 Hz sine; `fail(window)` decides which
+    windows raise after sampling; KeyboardInterrupt (as Ctrl-C) after `windows` windows."""
+
+    platform = "test"
+
+    def __init__(self, fail, windows):
+        self.nch = 1
+        self.us = 0
+        self.n = 0
+        self.fail = fail
+        self.windows = windows
+
+    def read_frames(self, buf, start, n):
+        self.n += 1
+        if self.n > self.windows:
+            raise KeyboardInterrupt
+        for i in range(n):
+            buf[start + i] = 2048 + int(400 * math.sin(2 * math.pi * 50 * (self.us / 1e6)))
+            self.us += 250
+
+    def after_window(self):
+        if self.fail(self.n):
+            raise RuntimeError("a bug in a rare path")
+
+    def ticks_us(self):
+        return self.us & 0x3FFFFFFF
+
+    def ticks_ms(self):
+        return (self.us // 1000) & 0x3FFFFFFF
+
+    def unix_time(self):
+        return 1700000000 + self.us // 1000000
+
+    def console_source(self):
+        return None
+
+    def wdt_start(self, timeout_ms):
+        pass
+
+    def wdt_feed(self):
+        pass
+
+    def wifi_connect(self, ssid, password):
+        pass
+
+    def wifi_status(self):
+        return "sim"
+
+
+def test_the_loop_counts_a_rare_failure_and_measures_on(tmp_path, capsys):
+    board = LoopBoard(fail=lambda n: n in (3, 5), windows=12)
+    m = Meter(board=board, fs=FlashFS(str(tmp_path)))
+    with pytest.raises(KeyboardInterrupt):
+        m.run()
+    assert m.errors == 2 and m.last_error == "RuntimeError"
+    assert m.windows == 12  # every window was measured, the failing ones too
+    assert m.energy[0].mwh >= 0 and m.store.saves >= 2  # and the clean stop persisted
+
+
+def test_the_loop_gives_up_on_a_failure_in_every_window(tmp_path, capsys):
+    board = LoopBoard(fail=lambda n: n >= 4, windows=1000)
+    m = Meter(board=board, fs=FlashFS(str(tmp_path)))
+    with pytest.raises(RuntimeError):
+        m.run()
+    assert m.errors == app._MAX_FAILING and board.n == 3 + app._MAX_FAILING
