@@ -473,15 +473,12 @@ def test_meter_with_mqtt_only_keeps_every_reading_through_a_broker_outage(broker
         wait_sim_time(vb, 600 + 3600)
         # hold the chip while the broker and our subscriber come back, so the backlog is
         # not published before anyone listens (the broker keeps no sessions)
-        os.kill(vb._child.pid, signal.SIGSTOP)
-        try:
+        with vb.halted():
             broker.start()
             deadline = time.monotonic() + 10
             while not sub.c.is_connected() and time.monotonic() < deadline:
                 time.sleep(0.05)
             time.sleep(0.5)
-        finally:
-            os.kill(vb._child.pid, signal.SIGCONT)
         wait_sim_time(vb, 600 + 3600 + 1800, timeout=180)
         time.sleep(1.0)
     finally:

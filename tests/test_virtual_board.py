@@ -87,3 +87,37 @@ def test_exception_in_raw_command_is_reported(board):
                           text=True, timeout=30)
     assert proc.returncode != 0
     assert "ZeroDivisionError" in proc.stdout + proc.stderr
+
+
+def test_halted_freezes_the_chip_and_it_resumes_where_it_stopped(tmp_path):
+    import os
+    import re
+    import select
+
+    flash = tmp_path / "flash"
+    flash.mkdir()
+    (flash / "main.py").write_text(
+        "import time\nn = 0\nwhile True:\n    n += 1\n    print('tick', n)\n"
+        "    time.sleep_ms(20)\n")
+    vb = VirtualBoard(flash, FlatSource()).start()
+    fd = os.open(vb.port, os.O_RDWR | os.O_NOCTTY)
+
+    def ticks(seconds):
+        out, end = b"", time.monotonic() + seconds
+        while time.monotonic() < end:
+            if select.select([fd], [], [], 0.05)[0]:
+                out += os.read(fd, 4096)
+        return [int(x) for x in re.findall(rb"tick (\d+)", out)]
+
+    try:
+        before = ticks(0.6)
+        with vb.halted():
+            ticks(0.2)  # what was already on its way
+            during = ticks(0.6)
+        after = ticks(0.6)
+        resets = list(vb.resets)
+    finally:
+        os.close(fd)
+        vb.stop()
+    assert len(before) > 5 and during == []
+    assert after and after[0] > before[-1] and resets == []  # the same run, continued

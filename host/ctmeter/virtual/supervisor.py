@@ -23,6 +23,7 @@ import subprocess
 import threading
 import time
 import tty
+from contextlib import contextmanager
 from pathlib import Path
 
 from ctmeter.paths import DEVICE, micropython_binary, micropython_path
@@ -109,6 +110,20 @@ class VirtualBoard:
         with self._child_lock:
             child = self._child
         child.kill()
+
+    @contextmanager
+    def halted(self):
+        """Freeze the chip (as a debugger halts it) for the duration of the block: nothing
+        runs and it resumes where it stopped. On the fast and realtime clocks the halted
+        time then counts as time that passed (the board's clock ran on); on the exact clock
+        it does not."""
+        with self._child_lock:
+            child = self._child
+        os.kill(child.pid, signal.SIGSTOP)
+        try:
+            yield self
+        finally:
+            os.kill(child.pid, signal.SIGCONT)
 
     # internals
     def _env(self):
