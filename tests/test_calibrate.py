@@ -20,6 +20,7 @@ import time
 import numpy as np
 import pytest
 from ctmeter import calibrate as cal
+from ctmeter import calibrate_fit as calfit
 from ctmeter.cli import main
 from ctmeter.meterlink import MeterLink
 from ctmeter.model import Channel, Frontend, Mains, Resistive, Stream
@@ -79,13 +80,13 @@ def _device_like(fe, mains, amps, k0, windows=25, seed=1):
 
 def _model_fit(fe, mains, knee=2880, points=(3.0, 15.0, 30.0)):
     _, n, zc = _device_like(fe, mains, 0, 0)
-    zero = cal.Zero(n, n / NOMINAL_APC, 25, float(np.mean(zc)), min(zc), max(zc))
+    zero = calfit.Zero(n, n / NOMINAL_APC, 25, float(np.mean(zc)), min(zc), max(zc))
     pts = []
     for i, amps in enumerate(points):
         true, raw, capture = _device_like(fe, mains, amps, 40000 * (i + 1))
-        pts.append(cal.Point(true, raw, 25, {"amps": true}, capture, min(capture),
+        pts.append(calfit.Point(true, raw, 25, {"amps": true}, capture, min(capture),
                              max(capture), [500] * 4))
-    return cal.fit_points(pts, zero, NOMINAL_APC, knee)
+    return calfit.fit_points(pts, zero, NOMINAL_APC, knee)
 
 
 def _errors(fit, fe, mains, currents):
@@ -105,7 +106,7 @@ def test_fit_on_the_model_within_0_3_percent_over_the_chip_spread(gain, vref):
     assert np.max(np.abs(err)) < 0.3, err
     assert all(abs(r["error_pct"]) < 0.3 for r in fit.residuals)
     assert not fit.transfer.linear  # the top point entered the bend and it was measured
-    assert len(cal.apply_line(0, fit.calibration).encode()) <= cal.MAX_LINE
+    assert len(calfit.apply_line(0, fit.calibration).encode()) <= calfit.MAX_LINE
 
 
 def test_without_the_top_end_the_error_at_rating_is_several_percent():
@@ -118,7 +119,7 @@ def test_without_the_top_end_the_error_at_rating_is_several_percent():
 def test_measured_transfer_matches_the_model_adc():
     fe, mains = unit(1.05, seed=1, vref_mv=1100), Mains(seed=1)
     _, _, capture = _device_like(fe, mains, 30.0, 0)
-    tr = cal.measure_transfer(capture, 2880)
+    tr = calfit.measure_transfer(capture, 2880)
     assert tr.bias == pytest.approx(fe.bias_code, abs=1.0)
     adc = fe.adc
     for x in (2950, 3100, 3300, 3500):
@@ -150,12 +151,12 @@ def test_records_reload_and_bad_ones_are_refused(tmp_path):
 def test_no_top_end_no_zero_is_a_plain_gain():
     fe, mains = unit(1.05), Mains(seed=1)
     true, raw, capture = _device_like(fe, mains, 5.0, 0)
-    p = cal.Point(true, raw, 25, {"amps": true}, capture, min(capture), max(capture))
-    fit = cal.fit_points([p], None, NOMINAL_APC, 2880)
+    p = calfit.Point(true, raw, 25, {"amps": true}, capture, min(capture), max(capture))
+    fit = calfit.fit_points([p], None, NOMINAL_APC, 2880)
     assert fit.calibration.table == [] and fit.calibration.noise_floor == 0
     assert fit.calibration.gain == pytest.approx(true / raw, rel=1e-4)
     with pytest.raises(cal.CalibrateError, match="no reference points"):
-        cal.fit_points([], None, NOMINAL_APC, 2880)
+        calfit.fit_points([], None, NOMINAL_APC, 2880)
 
 
 # ---------------------------------------------------------------- the virtual board
