@@ -23,8 +23,9 @@ def test_sim_runs_the_whole_chain(tmp_path):
         capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
-    assert re.search(r"virtual board on /dev/pts/\d+", out)
-    assert re.search(r"dashboard http://127\.0\.0\.1:\d+/", out)
+    head = out[:400] + "\n--- stderr:\n" + proc.stderr[-400:]
+    assert re.search(r"virtual board on /dev/pts/\d+", out), head
+    assert re.search(r"dashboard http://127\.0\.0\.1:\d+/", out), head
     readings = re.findall(r"reading seq=(\d+) ch1 ([\d.]+) A ([\d.]+) W", out)
     assert len(readings) >= 3
     seqs = [int(s) for s, _, _ in readings]
