@@ -239,7 +239,10 @@ def test_same_file_gives_identical_readings_on_every_run(tmp_path):
         together = list(pool.map(lambda _: replay(tmp_path / "cap.csv"), range(2)))
     assert len(alone.readings) == expected_readings(SECONDS, 1) and back_to_back(alone)
     for other in together:
-        assert other.readings == alone.readings
+        # seen once in a full CI run (not reproduced since): two readings fewer at the end;
+        # windows and summary say whether the firmware measured less or delivered less
+        assert other.readings == alone.readings, (len(other.windows), len(alone.windows),
+                                                  other.summary, alone.summary)
         assert other.windows == alone.windows
         assert other.summary == alone.summary
 
