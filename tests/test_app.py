@@ -60,6 +60,7 @@ class StandIn:
         self.outbox_depth, self.backoff_ms, self.retry_at = 0, 0, None
         self.posts_ok = self.posts_failed = self.rejected = 0
         self.post_result = "none yet"
+        self.unsent = []
 
 
 def test_a_ca_file_gone_after_the_start_keeps_the_reading_and_backs_off(tmp_path):
@@ -75,6 +76,24 @@ def test_a_ca_file_gone_after_the_start_keeps_the_reading_and_backs_off(tmp_path
     assert [json.loads(b)["seq"] for b in kept] == [0]
     assert json.loads(kept[0])["energyKwh"] == 0.001234
     assert m.link_ready() is False  # backing off: the next reading goes to the outbox
+    assert m.unsent == []
+
+
+def test_a_memory_error_while_storing_loses_no_reading(tmp_path, monkeypatch):
+    conf = {"device_id": "d1", "tls": {"ca": ""},
+            "http": {"url": "http://collector.lan/api", "token": "", "timeout_s": 5,
+                     "path": "/api/measurements"}}
+    m = StandIn(tmp_path, conf)
+    m.retry_at = 10**9  # backing off: the reading must go to the outbox
+    real = deliver._outbox
+    monkeypatch.setattr(deliver, "_outbox", lambda m: (_ for _ in ()).throw(MemoryError()))
+    with pytest.raises(MemoryError):  # the meter's loop counts it and goes on
+        deliver.readings(m)
+    assert [json.loads(b)["seq"] for b in m.unsent] == [0]  # made, held, not lost
+    monkeypatch.setattr(deliver, "_outbox", real)
+    deliver.flush(m)  # the next window: stored after whatever was there
+    assert m.unsent == [] and m.outbox_depth == 1
+    assert [json.loads(b)["seq"] for b in Outbox(m.outbox_fs).peek(8)] == [0]
 
 
 # -- the meter's loop survives a rare failure, and not a permanent one -------------------------

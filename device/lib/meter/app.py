@@ -176,6 +176,7 @@ class Meter:
         self.backoff_ms = 0
         self.retry_at = None
         self.http = False  # HTTP delivery on (its poster is made per use: meter.deliver)
+        self.unsent = []  # readings made but neither delivered nor in the outbox yet
         self.mqtt = None
         self._setup_publishers()
         self.console = Console(out=self._out, mode=c["console"]["mode"], channels=self.nchan,
@@ -344,7 +345,9 @@ class Meter:
             self._update_duty()
             if self._clock_ready():
                 self._deliver_use("readings")
-        if self.outbox_depth and (self.http or self.mqtt is not None) and self.link_ready():
+        if self.unsent:  # left by a MemoryError while delivering: send or store them first
+            self._deliver_use("flush")
+        elif self.outbox_depth and (self.http or self.mqtt is not None) and self.link_ready():
             self._deliver_use("drain")
         if self.store.should_persist(now_ms):
             self.persist(now_ms)

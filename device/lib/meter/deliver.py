@@ -4,6 +4,7 @@ keep what cannot be delivered in the outbox and drain it when the link is back.
 
     modules.use("meter.deliver").readings(meter)   # an interval ended (the clock is set)
     modules.use("meter.deliver").drain(meter)      # the outbox holds readings, link ready
+    modules.use("meter.deliver").flush(meter)      # readings a MemoryError left unsent
 
 Loaded for each use and dropped after it by meter.app, together with what it imports
 (meter.reading, meter.outbox, meter.http_post, meter.url, meter.tlsca): ~30 KB of code on
@@ -67,18 +68,29 @@ def readings(m):
                                   math.sqrt(a.i2 / a.t), math.sqrt(a.v2 / a.t), p, s,
                                   p / s if s > 0 else 0.0, m.energy[i].mwh, a.f / a.t, a.t))
         a.reset()
+    if not m.http and m.mqtt is None:
+        return
+    # Held by the meter until sent or stored: if loading the HTTP client or the outbox
+    # fails for lack of memory, the next window's flush() tries again; nothing is lost.
+    m.unsent += out
     gc.collect()
     if m.http and m.mqtt is not None:
         _mirror(m, out)  # a live mirror; HTTP is the delivery that keeps order
-    if not m.http and m.mqtt is None:
+    flush(m)
+
+
+def flush(m):
+    """Send the meter's unsent readings, or store them in the outbox (after older ones)."""
+    if not m.unsent:
         return
-    if m.outbox_depth == 0 and m.link_ready():
-        if _send(m, out):
-            return
+    if m.outbox_depth == 0 and m.link_ready() and _send(m, m.unsent):
+        m.unsent = []
+        return
     box = _outbox(m)
     try:
-        for body in out:
-            box.append(body)
+        while m.unsent:
+            box.append(m.unsent[0])
+            m.unsent.pop(0)
     finally:
         m.outbox_seen(box)
 
