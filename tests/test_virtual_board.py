@@ -6,6 +6,7 @@ trivial loop (the meter itself is tested elsewhere): exec, fs ls/cp/cat, reset, 
 breaking into a running main.py.
 """
 
+import re
 import subprocess
 import sys
 import time
@@ -121,3 +122,64 @@ def test_halted_freezes_the_chip_and_it_resumes_where_it_stopped(tmp_path):
         vb.stop()
     assert len(before) > 5 and during == []
     assert after and after[0] > before[-1] and resets == []  # the same run, continued
+
+
+def _read_for(fd, seconds, until=None):
+    import os
+    import select
+    out, end = b"", time.monotonic() + seconds
+    while time.monotonic() < end and not (until and until in out):
+        if select.select([fd], [], [], 0.05)[0]:
+            out += os.read(fd, 4096)
+    return out
+
+
+def test_ctrl_c_while_the_chip_restarts_is_taken_as_a_board_takes_it(board):
+    # mpremote's next command often sends Ctrl-C while the chip is still restarting from
+    # the last one's soft reset; it must land in the raw REPL, not kill the chip into a
+    # power-on that runs main.py (that made `mpremote fs cp` hang on a busy machine)
+    import os
+    time.sleep(0.5)  # main.py is running its endless loop
+    fd = os.open(board.port, os.O_RDWR | os.O_NOCTTY)
+    try:
+        os.write(fd, b"\r\x03\x03")
+        time.sleep(0.3)
+        os.write(fd, b"\x01")
+        assert b"raw REPL" in _read_for(fd, 5, until=b">")
+        os.write(fd, b"\x04")  # soft reset from the raw REPL ...
+        assert b"soft reboot" in _read_for(fd, 5, until=b"soft reboot")
+        for _ in range(100):   # ... with Ctrl-C all through the restart
+            os.write(fd, b"\x03")
+            time.sleep(0.005)
+        time.sleep(0.5)
+        _read_for(fd, 0.3)
+        os.write(fd, b"print(6 * 7)\x04")
+        out = _read_for(fd, 5, until=b"\x04>")
+    finally:
+        os.close(fd)
+    assert re.search(rb"OK42\r?\n\x04\x04>", out), out
+    assert HARD_RESET not in board.resets  # main.py was not started again
+
+
+def test_a_slow_reader_gets_every_byte(tmp_path):
+    # the port's buffer fills while the reader is busy; the chip waits for room rather
+    # than drop output somebody is reading
+    import os
+    flash = tmp_path / "flash"
+    flash.mkdir()
+    (flash / "main.py").write_text(
+        "import time\nfor n in range(4000):\n    print('line %05d' % n + '.' * 40)\n"
+        "print('end')\nwhile True:\n    time.sleep_ms(50)\n")
+    vb = VirtualBoard(flash, FlatSource()).start()
+    fd = os.open(vb.port, os.O_RDWR | os.O_NOCTTY)
+    out = b""
+    try:
+        deadline = time.monotonic() + 60
+        while b"end\n" not in out and time.monotonic() < deadline:
+            out += _read_for(fd, 0.05)
+            time.sleep(0.3)  # a reader that is slower than the chip
+    finally:
+        os.close(fd)
+        vb.stop()
+    numbers = [int(x) for x in re.findall(rb"line (\d+)", out)]
+    assert numbers == list(range(4000))

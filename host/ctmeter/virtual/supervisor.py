@@ -31,6 +31,10 @@ from ctmeter.virtual.feed import SensorFeed
 
 CHIP_DIR = Path(__file__).with_name("chip")
 HARD_RESET, SOFT_RESET, SOFT_RESET_RAW = 99, 98, 97
+# how a chip run ends when SIGINT finds no handler: killed by the signal, or MicroPython's
+# exit status for an uncaught KeyboardInterrupt
+_INTERRUPTED = (-signal.SIGINT, 130)
+_STALL_S = 2.0  # a port not read for this long is stalled: its output is dropped
 
 
 class VirtualBoard:
@@ -51,12 +55,15 @@ class VirtualBoard:
         # "flash": only what was deployed to the flash runs, as on a board (lib/ in the flash).
         self.firmware = firmware
         self.port = None
+        self._note = self.flash_dir.with_name(self.flash_dir.name + ".reset")
         self.resets = []  # exit codes of past chip runs
         self.feed = None
         self._master = self._slave = None
         self._child = None
+        self._mode = "power-on"
         self._stop = threading.Event()
         self._hold_until = 0.0
+        self._stalled = False
         self._child_lock = threading.Lock()
         self._threads = []
 
@@ -65,7 +72,7 @@ class VirtualBoard:
         self._master, self._slave = os.openpty()
         tty.setraw(self._slave)
         # Output with nobody reading the port is dropped (as a board's USB does), never
-        # allowed to block the chip.
+        # allowed to block the chip for long (see _emit).
         os.set_blocking(self._master, False)
         self.port = os.ttyname(self._slave)
         if self.firmware == "repo":
@@ -135,6 +142,7 @@ class VirtualBoard:
         path += ["", "lib"]
         env["MICROPYPATH"] = os.pathsep.join(path)
         env["CTMETER_FEED"] = self.feed.env_value
+        env["CTMETER_RESET_NOTE"] = str(self._note)
         env["CTMETER_CLOCK"] = self.clock
         env["CTMETER_TIMELAPSE_S"] = str(self.timelapse_s)
         if self.epoch is not None:
@@ -143,13 +151,17 @@ class VirtualBoard:
         return env
 
     def _spawn(self, mode):
-        cmd = [micropython_binary(), "-X", f"heapsize={self.heapsize}",
-               str(CHIP_DIR / "chip.py"), mode]
+        # The chip starts with SIGINT ignored: a Ctrl-C that comes while it is starting (the
+        # PyPI unix port boots a CPython first) is lost, as on a board still booting, instead
+        # of killing it; MicroPython takes SIGINT over once chip.py runs.
+        cmd = ["/bin/sh", "-c", 'trap "" INT; exec "$@"', "chip", micropython_binary(),
+               "-X", f"heapsize={self.heapsize}", str(CHIP_DIR / "chip.py"), mode]
         child = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                  stderr=subprocess.STDOUT, cwd=self.flash_dir, env=self._env(),
                                  bufsize=0)
         with self._child_lock:
             self._child = child
+            self._mode = mode
 
     def _pump_in(self):
         """pty -> chip stdin; Ctrl-C becomes SIGINT, as the UART interrupt does on a board."""
@@ -165,12 +177,15 @@ class VirtualBoard:
                 return
             for b in data:
                 if b == 3:
-                    with self._child_lock:
-                        child = self._child
-                    if child.poll() is None:
-                        child.send_signal(signal.SIGINT)
-                    # let the interrupt land before the next bytes reach the chip
-                    self._hold_until = time.monotonic() + 0.15
+                    # One interrupt per burst of Ctrl-C: a second SIGINT landing while the
+                    # first is being handled would break out of the handler itself.
+                    if time.monotonic() >= self._hold_until:
+                        with self._child_lock:
+                            child = self._child
+                        if child.poll() is None:
+                            child.send_signal(signal.SIGINT)
+                        # let the interrupt land before the next bytes reach the chip
+                        self._hold_until = time.monotonic() + 0.15
                     continue
                 delay = self._hold_until - time.monotonic()
                 if delay > 0:
@@ -187,6 +202,48 @@ class VirtualBoard:
             except (BrokenPipeError, ValueError, OSError):
                 time.sleep(0.01)  # the chip is restarting
 
+    def _emit(self, chunk):
+        """Chip output -> pty, every byte while somebody reads the port.
+
+        A reader that is slow for a moment (mpremote on a busy machine) gets everything: the
+        write waits for room up to _STALL_S. A port nobody has read for that long is stalled
+        and its output is dropped at once until a reader makes room again, so the chip is
+        never held up for long (a board's USB-CDC drops output with no host the same way).
+        """
+        view = memoryview(chunk)
+        deadline = None
+        while view:
+            try:
+                view = view[os.write(self._master, view):]
+                self._stalled = False
+                continue
+            except BlockingIOError:
+                pass
+            except OSError:
+                return  # the port is closed: stopping
+            if self._stalled:
+                return
+            now = time.monotonic()
+            if deadline is None:
+                deadline = now + _STALL_S
+            if now >= deadline:
+                self._stalled = True
+                return
+            try:
+                select.select([], [self._master], [], min(deadline - now, 0.05))
+            except (OSError, ValueError):
+                return
+
+    def _reset_reason(self, code):
+        """Why the chip run ended: the reason it noted (sim_machine.chip_exit) if any, which
+        outlives a Ctrl-C that killed it while it wound down; else its exit status."""
+        try:
+            noted = self._note.read_text()
+            self._note.unlink()
+            return int(noted)
+        except (OSError, ValueError):
+            return code
+
     def _pump_out_supervise(self):
         """chip stdout -> pty; restart the chip when it resets."""
         while not self._stop.is_set():
@@ -197,14 +254,16 @@ class VirtualBoard:
                     else child.stdout.read(4096)
                 if not chunk:
                     break
-                try:
-                    os.write(self._master, chunk)
-                except OSError:
-                    pass  # nobody is reading the port: dropped
-            code = child.wait()
+                self._emit(chunk)
+            code = self._reset_reason(child.wait())
             self.resets.append(code)
             if self._stop.is_set():
                 return
-            mode = "soft-raw" if code == SOFT_RESET_RAW else \
-                "soft" if code == SOFT_RESET else "power-on"
+            if code in _INTERRUPTED:
+                # Ctrl-C reached the chip while it was starting, before its REPL could take
+                # it: start the same way again (a board takes Ctrl-C at any time)
+                mode = self._mode
+            else:
+                mode = "soft-raw" if code == SOFT_RESET_RAW else \
+                    "soft" if code == SOFT_RESET else "power-on"
             self._spawn(mode)

@@ -80,7 +80,7 @@ def _raw_repl():
         elif c == 4:
             if not buf:
                 _w(b"MPY: soft reboot\r\n")
-                sys.exit(sim_machine.SOFT_RESET_RAW)
+                sim_machine.chip_exit(sim_machine.SOFT_RESET_RAW)
             code = bytes(buf)
             buf = bytearray()
             _exec_raw(code)
@@ -106,7 +106,7 @@ def _friendly_repl():
             _w(b"\r\nKeyboardInterrupt\r\n>>> ")
         elif c == 4:
             _w(b"MPY: soft reboot\r\n")
-            sys.exit(sim_machine.SOFT_RESET)
+            sim_machine.chip_exit(sim_machine.SOFT_RESET)
         elif c in (13, 10):
             _w(b"\r\n")
             if line:
@@ -133,15 +133,29 @@ def _friendly_repl():
             _w(bytes([c]))
 
 
+def _uninterrupted(stage, *args, again=True):
+    # A Ctrl-C that lands outside a program (between the stages, while a REPL writes its
+    # prompt) does not end the chip: a REPL starts over; a script is not run again. One
+    # that lands while the chip resets does not stop the reset.
+    while True:
+        try:
+            return stage(*args)
+        except KeyboardInterrupt:
+            if sim_machine.exiting is not None:
+                sim_machine.chip_exit(sim_machine.exiting)
+            if not again:
+                return
+
+
 def _main():
     mode = sys.argv[1] if len(sys.argv) > 1 else "power-on"
-    _run_file("boot.py")
+    _uninterrupted(_run_file, "boot.py", again=False)
     if mode == "soft-raw":
-        _raw_repl()
+        _uninterrupted(_raw_repl)
     else:
-        _run_file("main.py")
+        _uninterrupted(_run_file, "main.py", again=False)
     while True:
-        _friendly_repl()
+        _uninterrupted(_friendly_repl)
 
 
 _main()
