@@ -3,8 +3,8 @@
 # port's own module with the reset functions a board has; the exit codes tell the
 # supervisor (host/ctmeter/virtual/supervisor.py) how to restart the chip.
 import sys
-
 from os import getenv
+
 from machine import *  # noqa: F401,F403
 
 HARD_RESET = 99
