@@ -155,3 +155,13 @@ def test_sim_load_from_the_command_line_and_stdin(tmp_path):
             proc.kill()
             raise
     assert proc.returncode == 0, proc.stderr.read()
+
+
+def test_sim_without_stdin_runs_without_its_load_console():
+    # started with fd 0 closed (a service, some CI runners), sys.stdin is None
+    import queue
+
+    from ctmeter.sim_cmd import _read_lines
+    lines = queue.Queue()
+    _read_lines(None, lines)
+    assert lines.get_nowait() is None

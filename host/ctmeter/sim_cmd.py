@@ -154,7 +154,7 @@ class LoadControl:
 def _read_lines(stream, out):
     """Put every line of `stream` on the queue `out` (None at EOF); runs in a thread."""
     try:
-        for line in stream:
+        for line in stream or ():  # None: started with no stdin at all
             out.put(line)
     except (OSError, ValueError):
         pass
