@@ -37,7 +37,7 @@ GROUPS = (
                   "meter.metering", "meter.energy", "meter.flashfs", "meter.persist",
                   "meter.console", "meter.board", "meter.app")),
     ("console line", ("meter.console_cmds", "meter.commands")),
-    ("config change", ("meter.config", "meter.config_check")),
+    ("config change", ("meter.config", "meter.config_check", "meter.jsontext")),
     ("delivery", ("meter.deliver", "meter.reading", "meter.outbox", "meter.http_post",
                   "meter.url")),
 )

@@ -96,7 +96,7 @@ class FaultFS(FlashFS):
 
 # --- CPython side: run storage code on the MicroPython unix port ----------------------------
 STORAGE_MODULES = ("__init__", "modules", "errors", "flashfs", "persist", "outbox", "config",
-                   "config_check")
+                   "config_check", "jsontext")
 
 
 def compiled_meter(dest):

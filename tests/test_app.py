@@ -164,3 +164,22 @@ def test_the_loop_gives_up_on_a_failure_in_every_window(tmp_path, capsys):
     with pytest.raises(RuntimeError):
         m.run()
     assert m.errors == app._MAX_FAILING and board.n == 3 + app._MAX_FAILING
+
+
+def test_config_set_says_whether_the_change_applies_now(tmp_path):
+    from meter import commands
+    from meter.config import Config
+
+    fs = FlashFS(str(tmp_path))
+    m = type("M", (), {})()
+    m.fs, m.conf, m.http = fs, Config(fs).data, False
+    assert commands.config_set(m, "interval_s", "30") == {"interval_s": 30, "applies": "now"}
+    assert m.conf["interval_s"] == 30 and Config(fs).data["interval_s"] == 30
+    # HTTP is off: its poster was never made, the URL waits for a reboot
+    assert commands.config_set(m, "http.url", "http://collector.lan/api")["applies"] == \
+        "after reboot"
+    m.http = True  # on: the next delivery makes its poster from the running config
+    assert commands.config_set(m, "http.url", "http://other.lan/api")["applies"] == "now"
+    assert commands.config_set(m, "http.token", "s3cret-token")["applies"] == "now"
+    assert commands.config_set(m, "sample_rate_hz", "2000")["applies"] == "after reboot"
+    assert commands.config_set(m, "mqtt.url", "mqtt://broker.lan")["applies"] == "after reboot"

@@ -268,7 +268,8 @@ c.set_text("channels.1.pin", "39")
 errs = []
 for k, v in (("interval_s", "0"), ("device_id", "a b"), ("channels.1.pin", "36"),
              ("wifi.password", "short"), ("http.enabled", "true"), ("x", "1"),
-             ("interval_s", "true")):
+             ("interval_s", "true"), ("interval_s", "01"), ("interval_s", "3 0"),
+             ("channels.1.pin", "[39]"), ("mains_hz", "5 0")):
     try:
         c.set_text(k, v)
         errs.append("ACCEPTED " + k)
@@ -324,6 +325,8 @@ def test_config_on_micropython(micropython, tmp_path):
     assert "config: channels.1.pin uses GPIO 36, already used by channels.0.pin" in errs
     assert "config: http.url is required when http.enabled is true" in errs
     assert "config: x is not a known key" in errs
+    # MicroPython's own json.loads takes "01" for 1 and "3 0" for 3: refused, not guessed
+    assert errs.count("config: interval_s needs a JSON value (true, 30, \"text\", {...})") == 2
     assert res["redacted"]["wifi"]["password"] == "***"
     assert res["redacted"]["interval_s"] == 25
     assert res["reboot"] == ["config.json", 25, 39, True]

@@ -121,11 +121,18 @@ def config_get(m, key=None):
     return {key: cfg.get(key)}
 
 
+# Read from the running config at each use, so a change applies from the next use: the
+# reading interval always, the HTTP endpoint while HTTP delivery is on (its poster is made
+# per delivery). Everything else is set up at start.
+_LIVE_HTTP = ("http.url", "http.token", "http.timeout_s", "http.path")
+
+
 def config_set(m, key, value):
     cfg = _config(m)
     cfg.set_text(key, value)
     m.conf = cfg.data
-    return {key: cfg.get(key), "applies": "after reboot"}
+    now = key == "interval_s" or (m.http and key in _LIVE_HTTP)
+    return {key: cfg.get(key), "applies": "now" if now else "after reboot"}
 
 
 def cal_show(m):

@@ -6,6 +6,7 @@ dropped after it on the device: the rules are needed a few times a day, not resi
 
 import json
 
+from meter import modules
 from meter.config import SECRETS, ConfigError
 
 _ID_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-"
@@ -239,8 +240,8 @@ def parse_text(key_path, text):
     if _leaf_kind(_split(key_path)) == "str" and not (text.startswith('"') and
                                                        text.endswith('"') and len(text) > 1):
         return text
-    try:
-        return json.loads(text)
+    try:  # strict JSON: MicroPython's json.loads takes 01 for 1, [1 2] for [1, 2]
+        return modules.use("meter.jsontext").loads(text)
     except ValueError:
         if _leaf_kind(_split(key_path)) == "mixed":
             return text
