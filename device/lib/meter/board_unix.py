@@ -114,9 +114,6 @@ class UnixBoard(BoardBase):
     def unix_time(self):
         return self._epoch_s + self._now_ns() // 1000000000
 
-    def sim_seconds(self):
-        return self._now_ns() / 1e9
-
     def sync_clock(self):
         if not self.clock_set() and os.getenv("CTMETER_NTP") == "1":
             self._epoch_s = int(time.time()) - self._now_ns() // 1000000000

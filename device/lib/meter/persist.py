@@ -179,11 +179,6 @@ class CounterStore:
         """The seq the next call to next_seq() returns (subject to a reservation save)."""
         return self._seq
 
-    def set_seq_floor(self, seq):
-        """Make the next seq at least `seq` (e.g. from a server's last seen); never lowers it."""
-        if seq > self._seq:
-            self._seq = seq
-
     # --- schedule -----------------------------------------------------------------------
     def should_persist(self, now_ms):
         """True when a save is due: `interval_s` since the last save (or never saved)."""
