@@ -340,3 +340,19 @@ def test_config_on_micropython(micropython, tmp_path):
     source, problems = res["bad"]
     assert source == "config.json.bak"
     assert any("not valid JSON" in p for p in problems)
+
+
+@pytest.mark.parametrize("key, text, error", [
+    ("mqtt.host", "broker.lan", "config: mqtt.host is not a known key"),
+    ("wifi.pass", "[x", "config: wifi.pass is not a known key"),
+    ("interval_s", "abc", "config: interval_s needs a JSON value"),
+    ("voltage.pin", "3 6", "config: voltage.pin needs a JSON value"),  # voltage off: known
+    ("channels.0", "{pin: 34}", "config: channels.0 needs a JSON value"),
+])
+def test_config_set_text_names_the_real_problem(tmp_path, key, text, error):
+    c = Config(FlashFS(str(tmp_path)))
+    before = json.dumps(c.data)
+    with pytest.raises(ConfigError) as exc:
+        c.set_text(key, text)
+    assert str(exc.value).startswith(error)
+    assert json.dumps(c.data) == before

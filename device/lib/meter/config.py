@@ -155,7 +155,11 @@ class Config:
         # one load of the rules per change: a module dropped and loaded again within one
         # call could still be referenced from this frame and need the heap twice
         if text:
-            value = rules.parse_text(key_path, value)
+            try:
+                value = rules.parse_text(key_path, value)
+            except ConfigError:
+                rules.known(self.data, key_path)  # an unknown key is the error to report
+                raise
         new = rules.changed(self.data, key_path, value)
         self._write(new)
         self.data = new

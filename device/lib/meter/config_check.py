@@ -269,19 +269,31 @@ def node(data, parts, create):
     return node
 
 
+def _settable(n, parts, key_path):
+    last = parts[-1]
+    if isinstance(n, list) and type(last) is int and last <= len(n):
+        return
+    if isinstance(n, dict) and (last in n or _leaf_rule(parts)):
+        return
+    raise ConfigError("config: %s is not a known key" % key_path)
+
+
+def known(data, key_path):
+    """ConfigError unless key_path names a key `config set` can set in `data`."""
+    parts = _split(key_path)
+    if _leaf_rule(parts) is None:  # a leaf with a rule is known (voltage.* while off too)
+        _settable(node(data, parts, False), parts, key_path)
+
+
 def changed(data, key_path, value):
     """The validated config `data` with key_path = value; ConfigError if a rule breaks."""
     parts = _split(key_path)
     cand = _copy(data)
     n = node(cand, parts, True)
+    _settable(n, parts, key_path)
     last = parts[-1]
-    if isinstance(n, list) and type(last) is int and last <= len(n):
-        if last == len(n):
-            n.append(value)
-        else:
-            n[last] = value
-    elif isinstance(n, dict) and (last in n or _leaf_rule(parts)):
-        n[last] = value
+    if isinstance(n, list) and last == len(n):
+        n.append(value)
     else:
-        raise ConfigError("config: %s is not a known key" % key_path)
+        n[last] = value
     return validate(cand)
