@@ -194,8 +194,10 @@ def heap_markdown(r):
         "resident modules, and what each per-use job loads on top of them (dropped after "
         "it); every name interned first, as the firmware does at start. Code only: the "
         "meter's data and the virtual chip's REPL come on top (`tests/test_soak.py`: "
-        "~88 KB in use between windows, ~114 KB while `status` is answered, on the 64-bit "
-        "port with one channel, voltage and HTTP). The 32-bit port (webassembly, from npm) "
+        "~88 KB in use between windows, ~98 KB while `status` is answered, on the 64-bit "
+        "port with one channel, voltage and HTTP). A console line loads its parser, drops "
+        "it, then loads the handlers and the answer's formatting (with, for `config set`, "
+        "the config change). The 32-bit port (webassembly, from npm) "
         "stands in for the ESP32's word size; it runs the kernels as bytecode "
         "where the chip runs machine code outside the heap. The issue's target is a 64 KB "
         "heap on the 64-bit port.",

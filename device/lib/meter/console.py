@@ -11,12 +11,14 @@
                         # allocation while nothing has arrived
 
 This module is the resident part: it assembles input bytes into lines in a preallocated
-buffer and keeps the console's state (mode, bound handlers). Everything a complete line
-needs (the command table, strict argument parsing, help, redaction, output formatting) is
-in meter.console_cmds, imported when a line arrives; with drop=True (the firmware) it is
-dropped again after the answer, together with the `commands` module (and the `transient`
-modules the commands load), so ~30 KB of code that is used a few times a day does not
-occupy the heap the meter needs (see meter.modules).
+buffer, keeps the console's state (mode, bound handlers) and calls a command's handler.
+What a line needs besides is loaded for it (meter.modules): the command table, strict
+argument parsing and help (meter.console_cmds), then, with the parser dropped again when
+drop=True (the firmware), the handler's `commands` module, and the answer's redaction and
+formatting (meter.console_out). All of it, with the `transient` modules the commands load,
+is dropped after the answer, so ~30 KB of code that is used a few times a day neither
+occupies the heap the meter needs nor piles up within one line (`config set` loads the
+config rules while the parser is gone).
 
 A command's handler is, in this order: a callable bound with register() (or passed in
 `handlers`), else the function of the `commands` module named like the command with "_"
@@ -44,7 +46,8 @@ except ImportError:  # CPython
 
 MAX_LINE = const(240)  # bytes per line; stdin holds ~260, so one line fits whole
 _POLL_BYTES = const(64)  # bytes taken per poll() call: bounds the time stolen from sampling
-CMDS = "meter.console_cmds"
+CMDS = "meter.console_cmds"  # reads a line (per line, dropped before the handler runs)
+OUT = "meter.console_out"  # prints the answer (per answer)
 # What the meter prints on its serial port besides answers; host tools import these.
 BOOT_PREFIX = "ctmeter-boot "  # + JSON, once per start (meter.app)
 NO_MEMORY_ERROR = "out of memory, line dropped"
@@ -185,7 +188,12 @@ class Console:
         with exactly one response; True if there was one (a blank line has none)."""
         self._busy = True
         try:
-            return modules.use(CMDS).handle(self, line)
+            call = modules.use(CMDS).handle(self, line)
+            if call is True or call is False:
+                return call
+            if self.drop:  # the parser's code leaves the heap before the handler runs
+                modules.drop(CMDS)
+            return self._call(call[0], call[1])
         except MemoryError:
             # the parser could not be loaded (or a handler ran out): the line is lost, the
             # meter is not; the message is a constant, printing it allocates nothing new
@@ -195,7 +203,37 @@ class Console:
             self._busy = False
             if self.drop:
                 modules.drop(CMDS)
+                modules.drop(OUT)
                 if self.commands:
                     modules.drop(self.commands)
                 for name in self.transient:
                     modules.drop(name)
+
+    def _call(self, name, values):
+        # The handler: bound with register(), else the commands module's function (which
+        # takes the context first). Its exceptions become the answer's error.
+        bound = self.bound.get(name)
+        fn = bound[0] if bound is not None else None
+        if fn is None and self.commands:
+            fn = getattr(modules.use(self.commands), name.replace(" ", "_"), None)
+            if fn is not None:
+                values.insert(0, self.context)
+        result = error = None
+        if fn is None:
+            error = "not available"
+        else:
+            # A handler may run the meter loop (scope, cal zero collect live windows),
+            # which polls the console again: that poll leaves input waiting until we return.
+            try:
+                result = fn(*values)
+            except self.errors as e:
+                error = str(e) or type(e).__name__
+            except Exception as e:  # noqa: BLE001 - reported, the meter keeps running
+                error = "internal error: " + type(e).__name__
+            if error is None and result is None:
+                result = {}
+            elif error is None and not isinstance(result, dict):
+                result, error = None, "internal error: handler returned no dict"
+        fn = values = None
+        modules.use(OUT).respond(self, name, result, error)
+        return True

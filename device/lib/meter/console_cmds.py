@@ -1,9 +1,9 @@
 # SPDX-License-Identifier: MIT
-"""The console's command table, argument parsing, help, redaction and output formatting:
-everything one line needs. Loaded by meter.console when a line arrives, and dropped after
-it on the device.
+"""The console's command table, argument parsing and help: how a line is read. Loaded by
+meter.console when a line arrives and dropped (on the device) before the command's handler
+runs; the answer is printed by meter.console_out.
 
-    handle(con, b"cal point 0 5.0")     # exactly one response through con.out
+    handle(con, b"cal point 0 5.0")     # -> ("cal point", [0, 5.0]), or True if answered
 
 The command set and every argument spec are data (COMMANDS below); the firmware provides
 the handlers (see meter.console for how they are found). A handler is called with the
@@ -38,13 +38,8 @@ always propagate.
 # %-formatting is MicroPython's cheapest string formatting.
 # ruff: noqa: UP031
 
-import json
-import sys
-
 from meter import modules
-from meter.console import ConsoleError
-
-_CPYTHON = sys.implementation.name != "micropython"
+from meter.console import OUT, ConsoleError
 
 try:
     from micropython import const
@@ -266,74 +261,6 @@ def usage(name, args):
     return " ".join(parts)
 
 
-# ---------------------------------------------------------------- redaction
-
-SECRET_WORDS = ("password", "passwd", "pass", "pwd", "secret", "token", "psk", "apikey",
-                "credential", "credentials", "authorization")
-_SECRET_EXACT = ("key", "auth")
-_MASK = "***"
-
-
-def is_secret_key(name):
-    """True for key names like wifi_password, mqtt.pass, api_key, token, secret."""
-    name = str(name).lower()
-    for w in SECRET_WORDS:
-        if w in name:
-            return True
-    word = ""
-    for c in name + ".":
-        if "a" <= c <= "z" or "0" <= c <= "9":
-            word += c
-        else:
-            if word in _SECRET_EXACT:
-                return True
-            word = ""
-    return False
-
-
-def _scrub(text, secrets):
-    for s in secrets:
-        if s and s in text:
-            text = text.replace(s, _MASK)
-    return text
-
-
-def redact(obj, secrets=()):
-    """A copy of obj safe to print: secret keys masked, secret values scrubbed, non-finite
-    floats -> None, unknown types -> str."""
-    if isinstance(obj, dict):
-        out = {}
-        for k in obj:
-            v = obj[k]
-            ks = _scrub(k if isinstance(k, str) else str(k), secrets)
-            if is_secret_key(ks) and v is not None and v != "":
-                out[ks] = _MASK
-            else:
-                out[ks] = redact(v, secrets)
-        return out
-    if isinstance(obj, (list, tuple)):
-        # copied only if something changes: a scope answer holds thousands of codes
-        out = None
-        for i, v in enumerate(obj):
-            r = redact(v, secrets)
-            if out is None and r is not v:
-                out = list(obj)
-            if out is not None:
-                out[i] = r
-        return obj if out is None else out
-    if obj is None or isinstance(obj, bool):
-        return obj
-    if isinstance(obj, (int, float)):
-        if isinstance(obj, float) and obj - obj != 0.0:
-            return None
-        if secrets and _scrub(str(obj), secrets) != str(obj):
-            return _MASK
-        return obj
-    if isinstance(obj, str):
-        return _scrub(obj, secrets)
-    return _scrub(str(obj), secrets)
-
-
 def _check_bytes(buf, n):
     # Printable text only: strict UTF-8 (no overlongs, surrogates or > U+10FFFF, the same
     # rule as CPython's decoder), no C0/C1 control characters except tab.
@@ -378,25 +305,22 @@ def _check_bytes(buf, n):
 
 
 def _table(con):
-    """{name: [args, help, handler]}, the names in help order, and the two-word groups."""
-    mod = modules.use(con.commands) if con.commands else None
+    """{name: [args, help]}, the names in help order, and the two-word groups."""
     table = {}
     order = []
     for name, args, text in COMMANDS:
-        fn = getattr(mod, name.replace(" ", "_"), None) if mod is not None else None
-        table[name] = [args, text, fn]
+        table[name] = [args, text]
         order.append(name)
     for name in con.bound:
-        handler, args, text = con.bound[name]
+        _, args, text = con.bound[name]
         entry = table.get(name)
         if entry is None:
-            entry = table[name] = [(), "", None]
+            entry = table[name] = [(), ""]
             order.append(name)
         if args is not None:
             entry[0] = tuple(args)
         if text is not None:
             entry[1] = text
-        entry[2] = handler
     groups = {}
     for name in order:
         words = name.split()
@@ -407,11 +331,17 @@ def _table(con):
     return table, order, groups
 
 
+def _answer(con, name, result, error, lines=None):
+    modules.use(OUT).respond(con, name, result, error, lines)
+    return True
+
+
 def handle(con, line):
-    """Answer one line for Console con (see Console.handle); True if answered."""
+    """Read one line for Console con: True if it was answered here (an error, help, mode),
+    False for a blank line, or (name, values) for Console to call the command's handler
+    with, this module dropped first (see Console.handle)."""
     if isinstance(line, Exception):
-        _respond(con, None, None, str(line))
-        return True
+        return _answer(con, None, None, str(line))
     if isinstance(line, str):
         line = line.encode()
     try:
@@ -419,8 +349,7 @@ def handle(con, line):
             raise ConsoleError("line too long (max %d bytes)" % con.max_line)
         _check_bytes(line, len(line))
     except ConsoleError as e:
-        _respond(con, None, None, str(e))
-        return True
+        return _answer(con, None, None, str(e))
     line = line.strip()
     words = line.split()
     if not words:
@@ -428,46 +357,18 @@ def handle(con, line):
     table, order, groups = _table(con)
     name, err = _lookup(table, groups, words)
     if err:
-        _respond(con, name, None, err)
-        return True
-    entry = table[name]
-    args = entry[0]
+        return _answer(con, name, None, err)
     try:
-        values = _parse_args(con, line, name, args)
+        values = _parse_args(con, line, name, table[name][0])
     except ConsoleError as e:
-        _respond(con, name, None, str(e))
-        return True
+        return _answer(con, name, None, str(e))
     if name == "help":
-        _respond(con, name, _help(table, order), None, table, order)
-        return True
+        return _help(con, table, order)
     if name == "mode":
         if values[0] is not None:
             con.mode = values[0]
-        _respond(con, name, {"mode": con.mode}, None)
-        return True
-    handler = entry[2]
-    if handler is None:
-        _respond(con, name, None, "not available")
-        return True
-    if name not in con.bound:  # a function of the commands module: context first
-        values.insert(0, con.context)
-    # A handler may run the meter loop (scope, cal zero collect live windows), which
-    # polls the console again: that poll leaves further input waiting until we return.
-    try:
-        result = handler(*values)
-    except con.errors as e:
-        _respond(con, name, None, str(e) or type(e).__name__)
-        return True
-    except Exception as e:  # noqa: BLE001 - reported, the meter keeps running
-        _respond(con, name, None, "internal error: " + type(e).__name__)
-        return True
-    if result is None:
-        result = {}
-    if not isinstance(result, dict):
-        _respond(con, name, None, "internal error: handler returned no dict")
-        return True
-    _respond(con, name, result, None)
-    return True
+        return _answer(con, name, {"mode": con.mode}, None)
+    return name, values
 
 
 def _lookup(table, groups, words):
@@ -509,85 +410,21 @@ def _parse_args(con, line, name, args):
     return values
 
 
-def _help(table, order):
+def _help(con, table, order):
+    mod = modules.use(con.commands) if con.commands else None
     cmds = []
     unavailable = []
-    for name in order:
-        cmds.append(usage(name, table[name][0]))
-        if name not in _BUILTIN and table[name][2] is None:
-            unavailable.append(name)
-    return {"commands": cmds, "unavailable": unavailable}
-
-
-# ---------------------------------------------------------------- output
-
-
-def _respond(con, name, result, error, table=None, order=None):
-    secrets = ()
-    if con.secrets is not None:
-        secrets = tuple(s for s in con.secrets() if isinstance(s, str) and s)
-    out = con.out
-    if con.mode == "json":
-        obj = {"ok": error is None}
-        if name is not None:
-            obj["cmd"] = name
-        if error is not None:
-            obj["error"] = error
-        else:
-            for k in result:
-                if k not in ("ok", "cmd", "error"):
-                    obj[k] = result[k]
-        out(json.dumps(redact(obj, secrets)))
-        return
-    if error is not None:
-        out(_scrub("error: " + _printable(error), secrets))
-        return
-    if name == "help":
-        for cmd in order:
-            entry = table[cmd]
-            mark = " (not available)" if cmd in result["unavailable"] else ""
-            out(usage(cmd, entry[0]) + "  -- " + entry[1] + mark)
-        return
     lines = []
-    _flatten("", redact(result, secrets), lines)
-    if not lines:
-        lines.append("ok")
-    for line in lines:
-        out(_scrub(line, secrets))
-
-
-def _printable(s):
-    for c in s:
-        if c < " " or c == "\x7f":
-            return repr(s)
-    return s
-
-
-def _flatten(prefix, v, lines):
-    if isinstance(v, dict):
-        for k in sorted(v):
-            _flatten(prefix + k + ".", v[k], lines)
-        if not v and prefix:
-            lines.append(prefix[:-1] + ": {}")
-        return
-    key = prefix[:-1]
-    if isinstance(v, list):
-        if all(not isinstance(x, (dict, list)) for x in v):
-            lines.append(key + ": " + " ".join(_scalar(x) for x in v))
+    for name in order:
+        use = usage(name, table[name][0])
+        cmds.append(use)
+        if name not in _BUILTIN and name not in con.bound and \
+                getattr(mod, name.replace(" ", "_"), None) is None:
+            unavailable.append(name)
+            use += "  -- " + table[name][1] + " (not available)"
         else:
-            for i, x in enumerate(v):
-                _flatten(prefix + str(i) + ".", x, lines)
-        return
-    lines.append(key + ": " + _scalar(v))
-
-
-def _scalar(v):
-    if v is None:
-        return "-"
-    if v is True:
-        return "true"
-    if v is False:
-        return "false"
-    if isinstance(v, str):
-        return _printable(v)
-    return str(v)
+            use += "  -- " + table[name][1]
+        lines.append(use)
+    mod = None
+    return _answer(con, "help", {"commands": cmds, "unavailable": unavailable}, None,
+                   lines if con.mode == "human" else None)

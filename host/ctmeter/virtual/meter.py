@@ -21,7 +21,7 @@ CURRENT_PINS = (34, 35, 32, 33)
 VOLTAGE_PIN = 36
 
 # The firmware does not fit -X heapsize=64k on the 64-bit unix port yet: deployed as
-# bytecode it needs 128-144 KB there (README, known gaps). Started from the checkout, the
+# bytecode it needs 128 KB there (README, known gaps). Started from the checkout, the
 # virtual board also compiles the sources on the device, hence the larger heap.
 SIM_HEAP = "256k"
 

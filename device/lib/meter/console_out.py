@@ -1,0 +1,151 @@
+# SPDX-License-Identifier: MIT
+"""How the console prints an answer: redaction, then one JSON line or `key: value` lines.
+
+    respond(con, "status", {"uptime_s": 12}, None)    # an answer
+    respond(con, "scope", None, "n: must be 1..2000")  # an error
+
+Loaded per answer (meter.modules) and dropped after it; the formats and the redaction rules
+are documented in meter.console_cmds. Kept apart from the parser so that while a handler
+runs (`config set` loads the config rules) the parser's code is not in the heap as well.
+"""
+
+# %-formatting is MicroPython's cheapest string formatting.
+# ruff: noqa: UP031
+
+import json
+
+SECRET_WORDS = ("password", "passwd", "pass", "pwd", "secret", "token", "psk", "apikey",
+                "credential", "credentials", "authorization")
+_SECRET_EXACT = ("key", "auth")
+_MASK = "***"
+
+
+def is_secret_key(name):
+    """True for key names like wifi_password, mqtt.pass, api_key, token, secret."""
+    name = str(name).lower()
+    for w in SECRET_WORDS:
+        if w in name:
+            return True
+    word = ""
+    for c in name + ".":
+        if "a" <= c <= "z" or "0" <= c <= "9":
+            word += c
+        else:
+            if word in _SECRET_EXACT:
+                return True
+            word = ""
+    return False
+
+
+def _scrub(text, secrets):
+    for s in secrets:
+        if s and s in text:
+            text = text.replace(s, _MASK)
+    return text
+
+
+def redact(obj, secrets=()):
+    """A copy of obj safe to print: secret keys masked, secret values scrubbed, non-finite
+    floats -> None, unknown types -> str."""
+    if isinstance(obj, dict):
+        out = {}
+        for k in obj:
+            v = obj[k]
+            ks = _scrub(k if isinstance(k, str) else str(k), secrets)
+            if is_secret_key(ks) and v is not None and v != "":
+                out[ks] = _MASK
+            else:
+                out[ks] = redact(v, secrets)
+        return out
+    if isinstance(obj, (list, tuple)):
+        # copied only if something changes: a scope answer holds thousands of codes
+        out = None
+        for i, v in enumerate(obj):
+            r = redact(v, secrets)
+            if out is None and r is not v:
+                out = list(obj)
+            if out is not None:
+                out[i] = r
+        return obj if out is None else out
+    if obj is None or isinstance(obj, bool):
+        return obj
+    if isinstance(obj, (int, float)):
+        if isinstance(obj, float) and obj - obj != 0.0:
+            return None
+        if secrets and _scrub(str(obj), secrets) != str(obj):
+            return _MASK
+        return obj
+    if isinstance(obj, str):
+        return _scrub(obj, secrets)
+    return _scrub(str(obj), secrets)
+
+
+
+def respond(con, name, result, error, lines=None):
+    """Print one answer through con.out in con.mode; `lines`: help's human lines."""
+    secrets = ()
+    if con.secrets is not None:
+        secrets = tuple(s for s in con.secrets() if isinstance(s, str) and s)
+    out = con.out
+    if con.mode == "json":
+        obj = {"ok": error is None}
+        if name is not None:
+            obj["cmd"] = name
+        if error is not None:
+            obj["error"] = error
+        else:
+            for k in result:
+                if k not in ("ok", "cmd", "error"):
+                    obj[k] = result[k]
+        out(json.dumps(redact(obj, secrets)))
+        return
+    if error is not None:
+        out(_scrub("error: " + _printable(error), secrets))
+        return
+    if lines is not None:
+        for line in lines:
+            out(_scrub(line, secrets))
+        return
+    lines = []
+    _flatten("", redact(result, secrets), lines)
+    if not lines:
+        lines.append("ok")
+    for line in lines:
+        out(_scrub(line, secrets))
+
+
+def _printable(s):
+    for c in s:
+        if c < " " or c == "\x7f":
+            return repr(s)
+    return s
+
+
+def _flatten(prefix, v, lines):
+    if isinstance(v, dict):
+        for k in sorted(v):
+            _flatten(prefix + k + ".", v[k], lines)
+        if not v and prefix:
+            lines.append(prefix[:-1] + ": {}")
+        return
+    key = prefix[:-1]
+    if isinstance(v, list):
+        if all(not isinstance(x, (dict, list)) for x in v):
+            lines.append(key + ": " + " ".join(_scalar(x) for x in v))
+        else:
+            for i, x in enumerate(v):
+                _flatten(prefix + str(i) + ".", x, lines)
+        return
+    lines.append(key + ": " + _scalar(v))
+
+
+def _scalar(v):
+    if v is None:
+        return "-"
+    if v is True:
+        return "true"
+    if v is False:
+        return "false"
+    if isinstance(v, str):
+        return _printable(v)
+    return str(v)
