@@ -36,6 +36,7 @@ GROUPS = (
     ("resident", ("meter.errors", "meter.modules", "meter.window", "meter.calib",
                   "meter.metering", "meter.energy", "meter.flashfs", "meter.persist",
                   "meter.console", "meter.board", "meter.app")),
+    ("start-up (once)", ("meter.boot",)),
     ("console line: parse", ("meter.console_cmds",)),
     ("console line: handler and answer", ("meter.commands", "meter.console_out")),
     ("config change", ("meter.config", "meter.config_check", "meter.jsontext")),

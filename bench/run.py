@@ -194,7 +194,7 @@ def heap_markdown(r):
         "resident modules, and what each per-use job loads on top of them (dropped after "
         "it); every name interned first, as the firmware does at start. Code only: the "
         "meter's data and the virtual chip's REPL come on top (`tests/test_soak.py`: "
-        "~88 KB in use between windows, ~98 KB while `status` is answered, on the 64-bit "
+        "~87 KB in use between windows, ~94 KB while `status` is answered, on the 64-bit "
         "port with one channel, voltage and HTTP). A console line loads its parser, drops "
         "it, then loads the handlers and the answer's formatting (with, for `config set`, "
         "the config change). The 32-bit port (webassembly, from npm) "

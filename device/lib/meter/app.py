@@ -22,26 +22,13 @@ what is *seen*, not what is integrated.
 """
 
 import gc
-import json
 import sys
-from array import array
 
 from meter import modules
-from meter.board import make_board
-from meter.calib import Calibration
-from meter.console import BOOT_PREFIX, Console
-from meter.energy import EnergyCounter
-from meter.errors import APP_ERRORS, CalibrationError, PersistError
-from meter.flashfs import FlashFS
-from meter.metering import WindowAccumulator
-from meter.persist import CounterStore
+from meter.errors import PersistError
 
 VERSION = "0.1.0"
 _MPY = sys.implementation.name == "micropython"
-_BUF_BYTES = 8192  # the window buffer: 10 cycles at 4 kHz of 5 inputs fit
-_CYCLES = 10  # mains cycles per window (fewer when fs * inputs would not fit the buffer)
-_LOWEST_HZ = 45
-_WDT_MS = 30000
 # tick counters wrap at 2**30; written as a literal: 1 << 30 is a big int on the chip
 _TICKS_MASK = 0x3FFFFFFF
 _CLOCK_RETRY_MS = 30000  # NTP attempts while the clock is unset
@@ -55,6 +42,7 @@ _WIFI_RETRY_MAX_MS = 300000
 # Loaded for one job and dropped after it (meter.modules): delivery (readings, HTTP, the
 # outbox) runs once per interval, the config module at start and for console commands.
 _DELIVER = "meter.deliver"
+_BOOT = "meter.boot"  # the start-up (Meter.__init__, the top of Meter.run)
 _PER_DELIVERY = ("meter.deliver", "meter.reading", "meter.outbox", "meter.http_post")
 _PER_POSTER = ("meter.url", "meter.tlsca")  # shared with MQTT, which stays loaded
 _PER_COMMAND = ("meter.config", "meter.reading", "meter.jsontext")
@@ -89,116 +77,13 @@ class _Interval:
         self.f += r.frequency * dt
 
 
-def _intern_names():
-    """Load, once at start, each module that is otherwise loaded per use, and drop it.
-
-    Their names (qstrs) are interned for good then, while the heap is still empty. Interned
-    names are never freed, and their table grows by doubling: on the 64-bit unix port one
-    step is a single ~7 KB block. Grown later, in a heap fragmented by days of work, that
-    block may not be found, and a console line would be refused for lack of memory though
-    the heap has room in smaller pieces.
-    """
-    if not _MPY:
-        return
-    for name in _PER_USE:
-        try:
-            modules.use(name)
-        except ImportError:  # a module this build does not ship (none today)
-            pass
-        for loaded in _PER_USE:
-            modules.drop(loaded)
-    gc.collect()
-
-
 class Meter:
     VERSION = VERSION
 
     def __init__(self, board=None, fs=None):
-        _intern_names()
-        self.fs = fs or FlashFS("/" if sys.platform == "esp32" else ".")
-        cfg = modules.use("meter.config").Config(self.fs)
-        self.conf = c = cfg.data  # the validated config (a dict; the module is dropped)
-        self.problems = list(cfg.problems)
-        del cfg
-        modules.drop("meter.config")
-        chans = c["channels"]
-        volt = c["voltage"]
-        self.nchan = len(chans)
-        self.vch = self.nchan if volt is not None else None
-        self.fs_hz = c["sample_rate_hz"]
-        self.board = board or make_board([ch["pin"] for ch in chans],
-                                         volt["pin"] if volt else None, 11, self.fs_hz)
-        self.nch = self.board.nch
-        scales = []
-        for ch in chans:
-            scales.append(ch["amps_per_count"] or DEFAULT_AMPS_PER_COUNT)
-        if volt is not None:
-            scales.append(volt["volts_per_count"] or DEFAULT_VOLTS_PER_COUNT)
-        self.calibs = []
-        for i, ch in enumerate(chans + ([volt] if volt else [])):
-            try:
-                self.calibs.append(Calibration.from_dict(ch["calibration"]))
-            except CalibrationError as exc:
-                self.problems.append("channel %d calibration ignored: %s" % (i, exc))
-                self.calibs.append(Calibration())
-        mains = c["mains_hz"]
-        self.acc = WindowAccumulator(self.nch, scales, vch=self.vch, calib=self.calibs,
-                                     nominal_v=float(c["nominal_voltage"]),
-                                     nominal_hz=50.0 if mains == "auto" else float(mains))
-        cap = _BUF_BYTES // (2 * self.nch)
-        self.cycles = max(1, min(_CYCLES, cap * _LOWEST_HZ // self.fs_hz))
-        # the buffer holds one window of this config, not the largest any config needs
-        frames = self.fs_hz * self.cycles // _LOWEST_HZ + 1
-        self.buf_frames = min(cap, frames)
-        self.buf = array("H", bytes(2 * self.buf_frames * self.nch))
-        # persistence: 4 ints per channel (energy counter state)
-        self.store = CounterStore(self.fs, interval_s=c["persist_interval_s"])
-        self.store.load(channels=4 * self.nchan, now_ms=self.board.ticks_ms())
-        self.problems += self.store.problems
-        e = self.store.energy
-        self.energy = [EnergyCounter(*e[4 * i:4 * i + 4]) for i in range(self.nchan)]
-        self.outbox_fs = self.fs.subdir("outbox")
-        box = modules.use("meter.outbox").Outbox(self.outbox_fs)
-        self.problems += box.problems
-        self.outbox_seen(box)
-        del box
-        modules.drop("meter.outbox")
-        self.intervals = [_Interval() for _ in range(self.nchan)]
-        self.last = []  # latest window results
-        self.windows = 0
-        self.duty = 0.0
-        self._duty_frames = 0
-        self._duty_start_us = None
-        self.post_result = "none yet"
-        self.mqtt_result = "off" if not c["mqtt"]["enabled"] else "none yet"
-        self.posts_ok = 0
-        self.posts_failed = 0
-        self.backoff_ms = 0
-        self.retry_at = None
-        self.http = False  # HTTP delivery on (its poster is made per use: meter.deliver)
-        self.unsent = []  # readings made but neither delivered nor in the outbox yet
-        self.mqtt = None
-        self._setup_publishers()
-        self.console = Console(out=self._out, mode=c["console"]["mode"], channels=self.nchan,
-                               inputs=self.nch, source=self.board.console_source(),
-                               app_errors=APP_ERRORS,
-                               secrets=self._secrets, commands="meter.commands", context=self,
-                               drop=_MPY, transient=_PER_COMMAND)
-        self.hook = None  # called after each window by commands that need live data
-        self.mem_errors = 0
-        self.errors = 0  # other exceptions the loop survived (status), the last one's type
-        self.last_error = None
-        self._failing = 0  # windows in a row that failed
-        self.rejected = 0
-        self.clock_ok = False
-        self._clock_try_ms = None
-        self.last_raw = []
-        self.uptime_ms = 0
-        self.running = False
-        self.wifi_up = True
-        self.wifi_retries = 0
-        self._wifi_wait_ms = 0
-        self._wifi_at = 0
+        # the start-up code runs once: loaded for it and dropped (meter.boot)
+        modules.use(_BOOT).setup(self, board, fs)
+        modules.drop(_BOOT)
 
     # ---------------------------------------------------------------- setup
     def _secrets(self):
@@ -214,55 +99,10 @@ class Meter:
     def _out(self, line):
         print(line)
 
-    def _setup_publishers(self):
-        c = self.conf
-        cadata = None
-        try:
-            cadata = self.cadata()
-        except OSError:
-            self.problems.append("tls.ca file not found on flash")
-            self.conf["tls"]["ca"] = ""
-        if c["http"]["enabled"]:
-            # made once here to check the config; per use afterwards
-            why = self._deliver_use("check_http")
-            if why:
-                self.problems.append("http disabled: %s" % why)
-            self.http = not why
-        if c["mqtt"]["enabled"]:
-            try:
-                from meter.mqtt_pub import MqttPublisher
-
-                self.mqtt = MqttPublisher.from_url(
-                    c["mqtt"]["url"], c["device_id"], cadata=cadata,
-                    user=c["mqtt"]["user"] or None,
-                    password=c["mqtt"]["password"] or None,
-                    prefix=c["mqtt"]["prefix"], discovery=c["mqtt"]["discovery"],
-                    keepalive_s=c["mqtt"]["keepalive_s"],
-                    channels=tuple(range(1, len(c["channels"]) + 1)),
-                    voltage=c["voltage"] is not None)
-            except ImportError as exc:
-                self.problems.append("mqtt disabled: %s" % exc)
-            except ValueError as exc:
-                self.problems.append("mqtt disabled: %s" % exc)
-
     # ---------------------------------------------------------------- main loop
     def run(self):
-        c = self.conf
-        self.board.wifi_connect(c["wifi"]["ssid"], c["wifi"]["password"])
-        self._wifi_at = self.board.ticks_ms()
-        self._wifi(self._wifi_at)
-        self.clock_ok = self.board.sync_clock()
-        print(BOOT_PREFIX + json.dumps({
-            "version": VERSION, "device": c["device_id"], "platform": self.board.platform,
-            "channels": self.nchan, "voltage": self.vch is not None,
-            "sample_rate_hz": self.fs_hz, "boots": self.store.boots,
-            "problems": self.problems}))
-        self.board.wdt_start(_WDT_MS)
-        self.running = True
-        self._start_us = self.board.ticks_us()
-        self._window_end_us = self._start_us
-        self._interval_start_ms = self.board.ticks_ms()
-        self._duty_start_us = self._start_us
+        modules.use(_BOOT).start(self)
+        modules.drop(_BOOT)
         try:
             while self.running:
                 try:

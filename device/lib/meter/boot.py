@@ -1,0 +1,197 @@
+# SPDX-License-Identifier: MIT
+"""The meter's start-up: run once, loaded for it and dropped after (meter.modules).
+
+    setup(meter, board, fs)     # Meter.__init__: config, board, calibration, buffers,
+                                # counters, outbox state, publishers, console
+    start(meter)                # Meter.run, before the loop: Wi-Fi, clock, boot line, WDT
+
+None of this code is needed again while the meter runs, so it does not stay in the heap
+with the loop's (meter.app).
+"""
+
+import gc
+import json
+import sys
+from array import array
+
+from meter import modules
+from meter.app import (
+    _MPY,
+    _PER_COMMAND,
+    _PER_USE,
+    DEFAULT_AMPS_PER_COUNT,
+    DEFAULT_VOLTS_PER_COUNT,
+    VERSION,
+    _Interval,
+)
+from meter.board import make_board
+from meter.calib import Calibration
+from meter.console import BOOT_PREFIX, Console
+from meter.energy import EnergyCounter
+from meter.errors import APP_ERRORS, CalibrationError
+from meter.flashfs import FlashFS
+from meter.metering import WindowAccumulator
+from meter.persist import CounterStore
+
+_BUF_BYTES = 8192  # the window buffer: 10 cycles at 4 kHz of 5 inputs fit
+_CYCLES = 10  # mains cycles per window (fewer when fs * inputs would not fit the buffer)
+_LOWEST_HZ = 45
+_WDT_MS = 30000
+
+def _intern_names():
+    """Load, once at start, each module that is otherwise loaded per use, and drop it.
+
+    Their names (qstrs) are interned for good then, while the heap is still empty. Interned
+    names are never freed, and their table grows by doubling: on the 64-bit unix port one
+    step is a single ~7 KB block. Grown later, in a heap fragmented by days of work, that
+    block may not be found, and a console line would be refused for lack of memory though
+    the heap has room in smaller pieces.
+    """
+    if not _MPY:
+        return
+    for name in _PER_USE:
+        try:
+            modules.use(name)
+        except ImportError:  # a module this build does not ship (none today)
+            pass
+        for loaded in _PER_USE:
+            modules.drop(loaded)
+    gc.collect()
+
+
+def setup(m, board, fs):
+    _intern_names()
+    m.fs = fs or FlashFS("/" if sys.platform == "esp32" else ".")
+    cfg = modules.use("meter.config").Config(m.fs)
+    m.conf = c = cfg.data  # the validated config (a dict; the module is dropped)
+    m.problems = list(cfg.problems)
+    del cfg
+    modules.drop("meter.config")
+    chans = c["channels"]
+    volt = c["voltage"]
+    m.nchan = len(chans)
+    m.vch = m.nchan if volt is not None else None
+    m.fs_hz = c["sample_rate_hz"]
+    m.board = board or make_board([ch["pin"] for ch in chans],
+                                  volt["pin"] if volt else None, 11, m.fs_hz)
+    m.nch = m.board.nch
+    scales = []
+    for ch in chans:
+        scales.append(ch["amps_per_count"] or DEFAULT_AMPS_PER_COUNT)
+    if volt is not None:
+        scales.append(volt["volts_per_count"] or DEFAULT_VOLTS_PER_COUNT)
+    m.calibs = []
+    for i, ch in enumerate(chans + ([volt] if volt else [])):
+        try:
+            m.calibs.append(Calibration.from_dict(ch["calibration"]))
+        except CalibrationError as exc:
+            m.problems.append("channel %d calibration ignored: %s" % (i, exc))
+            m.calibs.append(Calibration())
+    mains = c["mains_hz"]
+    m.acc = WindowAccumulator(m.nch, scales, vch=m.vch, calib=m.calibs,
+                              nominal_v=float(c["nominal_voltage"]),
+                              nominal_hz=50.0 if mains == "auto" else float(mains))
+    cap = _BUF_BYTES // (2 * m.nch)
+    m.cycles = max(1, min(_CYCLES, cap * _LOWEST_HZ // m.fs_hz))
+    # the buffer holds one window of this config, not the largest any config needs
+    frames = m.fs_hz * m.cycles // _LOWEST_HZ + 1
+    m.buf_frames = min(cap, frames)
+    m.buf = array("H", bytes(2 * m.buf_frames * m.nch))
+    # persistence: 4 ints per channel (energy counter state)
+    m.store = CounterStore(m.fs, interval_s=c["persist_interval_s"])
+    m.store.load(channels=4 * m.nchan, now_ms=m.board.ticks_ms())
+    m.problems += m.store.problems
+    e = m.store.energy
+    m.energy = [EnergyCounter(*e[4 * i:4 * i + 4]) for i in range(m.nchan)]
+    m.outbox_fs = m.fs.subdir("outbox")
+    box = modules.use("meter.outbox").Outbox(m.outbox_fs)
+    m.problems += box.problems
+    m.outbox_seen(box)
+    del box
+    modules.drop("meter.outbox")
+    m.intervals = [_Interval() for _ in range(m.nchan)]
+    m.last = []  # latest window results
+    m.windows = 0
+    m.duty = 0.0
+    m._duty_frames = 0
+    m._duty_start_us = None
+    m.post_result = "none yet"
+    m.mqtt_result = "off" if not c["mqtt"]["enabled"] else "none yet"
+    m.posts_ok = 0
+    m.posts_failed = 0
+    m.backoff_ms = 0
+    m.retry_at = None
+    m.http = False  # HTTP delivery on (its poster is made per use: meter.deliver)
+    m.unsent = []  # readings made but neither delivered nor in the outbox yet
+    m.mqtt = None
+    _publishers(m)
+    m.console = Console(out=m._out, mode=c["console"]["mode"], channels=m.nchan,
+                        inputs=m.nch, source=m.board.console_source(),
+                        app_errors=APP_ERRORS, secrets=m._secrets, commands="meter.commands",
+                        context=m, drop=_MPY, transient=_PER_COMMAND)
+    m.hook = None  # called after each window by commands that need live data
+    m.mem_errors = 0
+    m.errors = 0  # other exceptions the loop survived (status), the last one's type
+    m.last_error = None
+    m._failing = 0  # windows in a row that failed
+    m.rejected = 0
+    m.clock_ok = False
+    m._clock_try_ms = None
+    m.last_raw = []
+    m.uptime_ms = 0
+    m.running = False
+    m.wifi_up = True
+    m.wifi_retries = 0
+    m._wifi_wait_ms = 0
+    m._wifi_at = 0
+
+
+def _publishers(m):
+    c = m.conf
+    cadata = None
+    try:
+        cadata = m.cadata()
+    except OSError:
+        m.problems.append("tls.ca file not found on flash")
+        m.conf["tls"]["ca"] = ""
+    if c["http"]["enabled"]:
+        # made once here to check the config; per use afterwards
+        why = m._deliver_use("check_http")
+        if why:
+            m.problems.append("http disabled: %s" % why)
+        m.http = not why
+    if c["mqtt"]["enabled"]:
+        try:
+            from meter.mqtt_pub import MqttPublisher
+
+            m.mqtt = MqttPublisher.from_url(
+                c["mqtt"]["url"], c["device_id"], cadata=cadata,
+                user=c["mqtt"]["user"] or None,
+                password=c["mqtt"]["password"] or None,
+                prefix=c["mqtt"]["prefix"], discovery=c["mqtt"]["discovery"],
+                keepalive_s=c["mqtt"]["keepalive_s"],
+                channels=tuple(range(1, len(c["channels"]) + 1)),
+                voltage=c["voltage"] is not None)
+        except ImportError as exc:
+            m.problems.append("mqtt disabled: %s" % exc)
+        except ValueError as exc:
+            m.problems.append("mqtt disabled: %s" % exc)
+
+
+def start(m):
+    c = m.conf
+    m.board.wifi_connect(c["wifi"]["ssid"], c["wifi"]["password"])
+    m._wifi_at = m.board.ticks_ms()
+    m._wifi(m._wifi_at)
+    m.clock_ok = m.board.sync_clock()
+    print(BOOT_PREFIX + json.dumps({
+        "version": VERSION, "device": c["device_id"], "platform": m.board.platform,
+        "channels": m.nchan, "voltage": m.vch is not None,
+        "sample_rate_hz": m.fs_hz, "boots": m.store.boots,
+        "problems": m.problems}))
+    m.board.wdt_start(_WDT_MS)
+    m.running = True
+    m._start_us = m.board.ticks_us()
+    m._window_end_us = m._start_us
+    m._interval_start_ms = m.board.ticks_ms()
+    m._duty_start_us = m._start_us
