@@ -11,7 +11,8 @@ name is interned, as meter.app does at start), drops them, then loads the reside
 and measures what each group of per-use modules adds on top of them (gc.mem_alloc() after a
 collection), dropping each group again. The interned-name table (qstr pools) is read from
 micropython.qstr_info(). Code only: the meter's data (window buffer, config, state) and the
-virtual chip's REPL are not in these figures; `tests/test_soak.py` has whole-firmware ones.
+virtual chip's REPL are not in these figures; firmware() measures the whole firmware, as
+deployed, running on the virtual board.
 
 Unix: the deployed build (`ctmeter deploy` for the virtual board: bytecode, viper kernels as
 x64 machine code, which lives outside the GC heap there as on the chip). Webassembly: the same
@@ -21,10 +22,15 @@ pinned in bench/wasm/package.json and installed there with `npm ci` on first use
 """
 
 import json
+import os
 import re
+import select
 import shutil
 import subprocess
 import tempfile
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from ctmeter.paths import DEVICE_LIB, ROOT, micropython_binary
@@ -115,17 +121,22 @@ def _measure(groups, run_script):
     return {"groups": out, "names": names}
 
 
-def unix(build_dir=None):
-    """The 64-bit unix port, running the deployed build."""
+def _deploy(flash, build_dir=None):
+    """Write what `ctmeter deploy` puts on a board (the virtual one's build) into flash/."""
     from ctmeter.boards import load_board
     from ctmeter.deploy import build
 
+    for dest, f in build(load_board("virtual"), out_dir=build_dir).items():
+        p = flash / dest
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(f.data)
+
+
+def unix(build_dir=None):
+    """The 64-bit unix port, running the deployed build."""
     with tempfile.TemporaryDirectory() as tmp:
         flash = Path(tmp) / "flash"
-        for dest, f in build(load_board("virtual"), out_dir=build_dir).items():
-            p = flash / dest
-            p.parent.mkdir(parents=True, exist_ok=True)
-            p.write_bytes(f.data)
+        _deploy(flash, build_dir)
         script = Path(tmp) / "heap.py"
 
         def run_script(text):
@@ -191,8 +202,96 @@ def wasm():
     return r
 
 
+# The whole firmware, as deployed, on the virtual board: a meter with one current channel,
+# voltage and HTTP delivery (the soak's), measuring a steady load. main.py runs the meter's
+# own start-up and windows (as Meter.run does, without its endless loop), collects after
+# each window and keeps the least and most in use; then the console answers `status`, whose
+# heap_used is what is in use while a console line is answered.
+FIRMWARE_WINDOWS = 250  # ~50 s of simulated time: five readings delivered
+FIRMWARE_HEAP = "256k"  # room to spare: in use is measured, not the smallest heap that works
+FIRMWARE_MAIN = """
+import gc
+from meter import modules
+from meter.app import Meter
+m = Meter()
+modules.use("meter.boot").start(m)
+modules.drop("meter.boot")
+low = high = None
+for i in range(%(windows)d):
+    m.step()
+    gc.collect()
+    a = gc.mem_alloc()
+    low = a if low is None or a < low else low
+    high = a if high is None or a > high else high
+m.console.handle(b"status")
+print("FIRMWARE %%d %%d %%d" %% (low, high, m.posts_ok))
+"""
+
+
+class _Receiver(BaseHTTPRequestHandler):
+    def do_POST(self):  # noqa: N802
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.send_response(201)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def firmware(build_dir=None, timeout_s=120):
+    """Bytes in use by the whole firmware on the 64-bit unix port (virtual board)."""
+    from ctmeter.model import Channel, Frontend, Mains, Resistive, Stream
+    from ctmeter.virtual.meter import StreamSource, meter_config
+    from ctmeter.virtual.supervisor import VirtualBoard
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/api/measurements"
+    stream = Stream([Channel(Frontend("sct013-030", ideal=True), Resistive(watts=1150))],
+                    mains=Mains.clean(), voltage=Frontend("zmpt101b", ideal=True),
+                    sample_rate=4000, seed=1)
+    cfg = meter_config(stream, {"device_id": "bench", "interval_s": 10,
+                                "console": {"mode": "json"},
+                                "http": {"enabled": True, "url": url, "token": "bench-token"}})
+    vb = None
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            flash = Path(tmp) / "flash"
+            _deploy(flash, build_dir)
+            (flash / "config.json").write_text(json.dumps(cfg))
+            (flash / "main.py").write_text(FIRMWARE_MAIN % {"windows": FIRMWARE_WINDOWS})
+            vb = VirtualBoard(flash, StreamSource(stream), heapsize=FIRMWARE_HEAP,
+                              firmware="flash").start()
+            fd = os.open(vb.port, os.O_RDWR | os.O_NOCTTY)
+            out = b""
+            try:
+                end = time.monotonic() + timeout_s
+                while not re.search(rb"FIRMWARE \d+ \d+ \d+\r?\n", out):
+                    if time.monotonic() > end:
+                        raise HeapBenchError("the firmware did not finish: " + repr(out[-600:]))
+                    if select.select([fd], [], [], 0.2)[0]:
+                        out += os.read(fd, 65536)
+            finally:
+                os.close(fd)
+    finally:
+        if vb is not None:
+            vb.stop()
+        server.shutdown()
+        server.server_close()
+    text = out.decode(errors="replace")
+    m = re.search(r"^FIRMWARE (\d+) (\d+) (\d+)", text, re.M)
+    st = re.search(r'^\{.*"cmd": "status".*\}$', text, re.M)
+    if not (m and st):
+        raise HeapBenchError("unexpected output: " + text[-600:])
+    status = json.loads(st.group(0))
+    return {"config": "one current channel, voltage, HTTP", "windows": FIRMWARE_WINDOWS,
+            "between_windows": {"min": int(m.group(1)), "max": int(m.group(2))},
+            "answering_status": status["heap_used"], "posts_ok": int(m.group(3))}
+
+
 def run():
-    out = {"unix": unix()}
+    out = {"unix": unix(), "firmware": firmware()}
     try:
         out["wasm"] = wasm()
     except HeapBenchError as exc:  # recorded, not raised: the unix figures still count
@@ -214,6 +313,19 @@ def markdown(r):
     cells = [f"{r[k]['names']['bytes'] / 1024:.1f} KB ({r[k]['names']['count']} names)"
              for k in ports]
     lines.append("| interned names (all modules) | " + " | ".join(cells) + " |")
+    fw = r.get("firmware")
+    if fw:
+        lo, hi = fw["between_windows"]["min"], fw["between_windows"]["max"]
+        lines += [
+            "",
+            f"The whole firmware in use on the 64-bit port, as deployed ({fw['config']}; "
+            f"data, names and the virtual chip's REPL included; {fw['windows']} windows):",
+            "",
+            "| | in use |",
+            "|---|---|",
+            f"| between windows, after a collection | {lo / 1024:.1f}-{hi / 1024:.1f} KB |",
+            f"| while `status` is answered | {fw['answering_status'] / 1024:.1f} KB |",
+        ]
     if "wasm" in r and "error" in r["wasm"]:
         lines += ["", "32-bit port not measured: " + r["wasm"]["error"]]
     return "\n".join(lines)

@@ -193,9 +193,8 @@ def heap_markdown(r):
         "What the firmware's code takes on the MicroPython heap (`bench/heap.py`): the "
         "resident modules, and what each per-use job loads on top of them (dropped after "
         "it); every name interned first, as the firmware does at start. Code only: the "
-        "meter's data and the virtual chip's REPL come on top (`tests/test_soak.py`: "
-        "~87 KB in use between windows, ~94 KB while `status` is answered, on the 64-bit "
-        "port with one channel, voltage and HTTP). A console line loads its parser, drops "
+        "meter's data and the virtual chip's REPL come on top (the second table). A "
+        "console line loads its parser, drops "
         "it, then loads the handlers and the answer's formatting (with, for `config set`, "
         "the config change). The 32-bit port (webassembly, from npm) "
         "stands in for the ESP32's word size; it runs the kernels as bytecode "
@@ -336,6 +335,10 @@ def main(argv=None):
         h = results["heap"]
         print("heap (KB, 64-bit): " + ", ".join(
             f"{k} {v / 1024:.1f}" for k, v in h["unix"]["groups"].items()), flush=True)
+        fw = h["firmware"]
+        lo, hi = fw["between_windows"]["min"] / 1024, fw["between_windows"]["max"] / 1024
+        print(f"firmware in use (KB, 64-bit): between windows {lo:.1f}-{hi:.1f}, "
+              f"answering status {fw['answering_status'] / 1024:.1f}", flush=True)
         if "error" in h["wasm"]:
             print("heap 32-bit: not measured: " + h["wasm"]["error"], flush=True)
     if "ingest" in sections:

@@ -142,6 +142,12 @@ def test_heap_section_measures_the_firmware_on_the_unix_port(tmp_path, monkeypat
     assert g["resident"] == max(g.values())
     assert h["unix"]["names"]["count"] > 500 and h["unix"]["names"]["bytes"] > 10000
     assert h["wasm"] == {"error": "node and npm are needed"}
+    # the whole firmware, running: more than its resident code and names, delivering
+    fw = h["firmware"]
+    lo, hi = fw["between_windows"]["min"], fw["between_windows"]["max"]
+    assert g["resident"] + h["unix"]["names"]["bytes"] < lo <= hi < fw["answering_status"]
+    assert hi - lo < 2048  # flat from window to window
+    assert fw["posts_ok"] >= 4
     doc = (tmp_path / "docs" / "BENCHMARKS.md").read_text()
     assert "| resident | %.1f KB |" % (g["resident"] / 1024) in doc
     assert "32-bit port not measured: node and npm are needed" in doc
