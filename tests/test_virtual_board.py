@@ -6,6 +6,7 @@ trivial loop (the meter itself is tested elsewhere): exec, fs ls/cp/cat, reset, 
 breaking into a running main.py.
 """
 
+import os
 import re
 import subprocess
 import sys
@@ -183,3 +184,30 @@ def test_a_slow_reader_gets_every_byte(tmp_path):
         vb.stop()
     numbers = [int(x) for x in re.findall(rb"line (\d+)", out)]
     assert numbers == list(range(4000))
+
+
+def test_stop_ends_the_relay_threads_before_closing_the_port(tmp_path):
+    # A relay thread left in os.read() on the pty's fd after stop() closed it would read
+    # whatever file got that fd number next: in CI it stole the first line a later test's
+    # `ctmeter sim` printed to its stdout pipe.
+    flash = tmp_path / "flash"
+    flash.mkdir()
+    (flash / "main.py").write_text(MAIN)
+    vb = VirtualBoard(flash, FlatSource()).start()
+    fd = os.open(vb.port, os.O_RDWR | os.O_NOCTTY)
+    try:
+        os.write(fd, b"\r\n")
+        time.sleep(0.3)
+    finally:
+        os.close(fd)
+    vb.stop()
+    assert vb._threads and not any(t.is_alive() for t in vb._threads)
+    # and the fd numbers it used are free for others without a reader lurking
+    r, w = os.pipe()
+    try:
+        os.write(w, b"mine\n")
+        time.sleep(0.3)
+        assert os.read(r, 100) == b"mine\n"
+    finally:
+        os.close(r)
+        os.close(w)

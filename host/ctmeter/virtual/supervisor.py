@@ -89,6 +89,25 @@ class VirtualBoard:
 
     def stop(self):
         self._stop.set()
+        self._end_child()
+        if self.feed:
+            self.feed.stop()
+        # The relay threads must be gone before the pty's fds are closed: a thread still in
+        # os.read(fd) after the close reads whatever file gets that fd number next (another
+        # process's pipe, a socket), stealing its bytes.
+        for t in self._threads:
+            t.join(5)
+            if t.is_alive():  # the chip was restarting as we stopped: end that run too
+                self._end_child()
+                t.join(5)
+        for fd in (self._master, self._slave):
+            if fd is not None:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+
+    def _end_child(self):
         with self._child_lock:
             child = self._child
         if child and child.poll() is None:
@@ -97,14 +116,7 @@ class VirtualBoard:
                 child.wait(5)
             except subprocess.TimeoutExpired:
                 child.kill()
-        if self.feed:
-            self.feed.stop()
-        for fd in (self._master, self._slave):
-            if fd is not None:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
+                child.wait()
 
     def __enter__(self):
         return self.start()
@@ -194,6 +206,8 @@ class VirtualBoard:
 
     def _write_child(self, data):
         for _ in range(200):
+            if self._stop.is_set():
+                return
             with self._child_lock:
                 child = self._child
             try:
@@ -221,7 +235,7 @@ class VirtualBoard:
                 pass
             except OSError:
                 return  # the port is closed: stopping
-            if self._stalled:
+            if self._stalled or self._stop.is_set():
                 return
             now = time.monotonic()
             if deadline is None:
