@@ -64,6 +64,14 @@ def _exec_raw(code):
     _w(b"\x04")
 
 
+def _soft_reset(code):
+    # the reset is under way before it is announced: a Ctrl-C sent on seeing the
+    # announcement cannot stop it (see _uninterrupted)
+    sim_machine.exiting = code
+    _w(b"MPY: soft reboot\r\n")
+    sim_machine.chip_exit(code)
+
+
 def _raw_repl():
     _w(_RAW_BANNER + b">")
     buf = bytearray()
@@ -79,8 +87,7 @@ def _raw_repl():
             buf = bytearray()
         elif c == 4:
             if not buf:
-                _w(b"MPY: soft reboot\r\n")
-                sim_machine.chip_exit(sim_machine.SOFT_RESET_RAW)
+                _soft_reset(sim_machine.SOFT_RESET_RAW)
             code = bytes(buf)
             buf = bytearray()
             _exec_raw(code)
@@ -99,14 +106,13 @@ def _friendly_repl():
     while True:
         c = _getc()
         if c == 1:
-            _raw_repl()
+            _uninterrupted(_raw_repl)  # a stray Ctrl-C must not drop it to this REPL
             _w(b">>> ")
         elif c == 3:
             line = bytearray()
             _w(b"\r\nKeyboardInterrupt\r\n>>> ")
         elif c == 4:
-            _w(b"MPY: soft reboot\r\n")
-            sim_machine.chip_exit(sim_machine.SOFT_RESET)
+            _soft_reset(sim_machine.SOFT_RESET)
         elif c in (13, 10):
             _w(b"\r\n")
             if line:
