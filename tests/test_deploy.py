@@ -256,3 +256,25 @@ def test_build_refuses_code_mpy_cross_rejects(tmp_path):
 def test_deploy_help():
     proc = run_cli("deploy", "--help")
     assert proc.returncode == 0 and "--no-wait" in proc.stdout and "exit codes" in proc.stdout
+
+
+def test_a_missed_ctrl_c_is_sent_again(vboard, monkeypatch):
+    # A board that is still booting (or busy) can miss mpremote's one Ctrl-C: the raw REPL
+    # is not entered in time. connect() tries once more (seen on a loaded CI machine).
+    from ctmeter import transport as tp
+    from mpremote.transport import TransportError
+    from mpremote.transport_serial import SerialTransport
+
+    real = SerialTransport.enter_raw_repl
+    calls = []
+
+    def first_one_missed(self, *a, **kw):
+        calls.append(kw.get("timeout_overall"))
+        if len(calls) == 1:
+            raise TransportError("could not enter raw repl")
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(SerialTransport, "enter_raw_repl", first_one_missed)
+    with tp.connect(vboard.port, timeout=10) as t:
+        assert t.exec("print(6 * 7)").strip() == b"42"
+    assert calls == [5.0, 5.0]

@@ -107,12 +107,17 @@ def connect(port: str, soft_reset: bool = True, timeout: float = 10):
     except (serial.SerialException, OSError) as exc:
         raise classify(port, exc) from exc
     try:
-        try:
-            transport.enter_raw_repl(soft_reset=soft_reset, timeout_overall=timeout)
-        except TransportError as exc:
-            raise DeviceError(f"no MicroPython REPL on {port}",
-                              "is MicroPython flashed (ctmeter flash)? is this the board's "
-                              "port?") from exc
+        # Twice, half the time each: a board still booting (or busy in a long step) can miss
+        # the one Ctrl-C mpremote sends; a second Ctrl-C then gets through.
+        for attempt in (1, 2):
+            try:
+                transport.enter_raw_repl(soft_reset=soft_reset, timeout_overall=timeout / 2)
+                break
+            except TransportError as exc:
+                if attempt == 2:
+                    raise DeviceError(f"no MicroPython REPL on {port}",
+                                      "is MicroPython flashed (ctmeter flash)? is this the "
+                                      "board's port?") from exc
         yield transport
     finally:
         try:
