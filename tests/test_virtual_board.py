@@ -8,6 +8,7 @@ breaking into a running main.py.
 
 import os
 import re
+import select
 import subprocess
 import sys
 import time
@@ -36,12 +37,17 @@ class FlatSource:
         return np.full((n, 1), 2048, dtype=np.uint16)
 
 
-@pytest.fixture
-def board(tmp_path):
+def start_board(tmp_path, main=MAIN):
+    """A virtual board whose flash holds only `main` as main.py, started."""
     flash = tmp_path / "flash"
     flash.mkdir()
-    (flash / "main.py").write_text(MAIN)
-    vb = VirtualBoard(flash, FlatSource()).start()
+    (flash / "main.py").write_text(main)
+    return VirtualBoard(flash, FlatSource()).start()
+
+
+@pytest.fixture
+def board(tmp_path):
+    vb = start_board(tmp_path)
     yield vb
     vb.stop()
 
@@ -92,24 +98,13 @@ def test_exception_in_raw_command_is_reported(board):
 
 
 def test_halted_freezes_the_chip_and_it_resumes_where_it_stopped(tmp_path):
-    import os
-    import re
-    import select
-
-    flash = tmp_path / "flash"
-    flash.mkdir()
-    (flash / "main.py").write_text(
+    vb = start_board(tmp_path, (
         "import time\nn = 0\nwhile True:\n    n += 1\n    print('tick', n)\n"
-        "    time.sleep_ms(20)\n")
-    vb = VirtualBoard(flash, FlatSource()).start()
+        "    time.sleep_ms(20)\n"))
     fd = os.open(vb.port, os.O_RDWR | os.O_NOCTTY)
 
     def ticks(seconds):
-        out, end = b"", time.monotonic() + seconds
-        while time.monotonic() < end:
-            if select.select([fd], [], [], 0.05)[0]:
-                out += os.read(fd, 4096)
-        return [int(x) for x in re.findall(rb"tick (\d+)", out)]
+        return [int(x) for x in re.findall(rb"tick (\d+)", _read_for(fd, seconds))]
 
     try:
         before = ticks(0.6)
@@ -126,8 +121,7 @@ def test_halted_freezes_the_chip_and_it_resumes_where_it_stopped(tmp_path):
 
 
 def _read_for(fd, seconds, until=None):
-    import os
-    import select
+    """What the port prints within `seconds` (less if `until` shows up first)."""
     out, end = b"", time.monotonic() + seconds
     while time.monotonic() < end and not (until and until in out):
         if select.select([fd], [], [], 0.05)[0]:
@@ -139,7 +133,6 @@ def test_ctrl_c_while_the_chip_restarts_is_taken_as_a_board_takes_it(board):
     # mpremote's next command often sends Ctrl-C while the chip is still restarting from
     # the last one's soft reset; it must land in the raw REPL, not kill the chip into a
     # power-on that runs main.py (that made `mpremote fs cp` hang on a busy machine)
-    import os
     time.sleep(0.5)  # main.py is running its endless loop
     fd = os.open(board.port, os.O_RDWR | os.O_NOCTTY)
     try:
@@ -165,13 +158,9 @@ def test_ctrl_c_while_the_chip_restarts_is_taken_as_a_board_takes_it(board):
 def test_a_slow_reader_gets_every_byte(tmp_path):
     # the port's buffer fills while the reader is busy; the chip waits for room rather
     # than drop output somebody is reading
-    import os
-    flash = tmp_path / "flash"
-    flash.mkdir()
-    (flash / "main.py").write_text(
+    vb = start_board(tmp_path, (
         "import time\nfor n in range(4000):\n    print('line %05d' % n + '.' * 40)\n"
-        "print('end')\nwhile True:\n    time.sleep_ms(50)\n")
-    vb = VirtualBoard(flash, FlatSource()).start()
+        "print('end')\nwhile True:\n    time.sleep_ms(50)\n"))
     fd = os.open(vb.port, os.O_RDWR | os.O_NOCTTY)
     out = b""
     try:
@@ -190,10 +179,7 @@ def test_stop_ends_the_relay_threads_before_closing_the_port(tmp_path):
     # A relay thread left in os.read() on the pty's fd after stop() closed it would read
     # whatever file got that fd number next: in CI it stole the first line a later test's
     # `ctmeter sim` printed to its stdout pipe.
-    flash = tmp_path / "flash"
-    flash.mkdir()
-    (flash / "main.py").write_text(MAIN)
-    vb = VirtualBoard(flash, FlatSource()).start()
+    vb = start_board(tmp_path)
     fd = os.open(vb.port, os.O_RDWR | os.O_NOCTTY)
     try:
         os.write(fd, b"\r\n")
