@@ -115,7 +115,7 @@ def test_deploy_cli_then_unchanged_second_deploy_copies_nothing(vboard):
     assert deployed(vboard, ours) == before  # not one file rewritten
     assert len(vboard.resets) > len(resets)  # it still restarted the meter
     assert json.loads(second.stdout.split("meter started: ")[1].splitlines()[0])["boots"] \
-        == boot["boots"] + 1
+        == boot["boots"] + 1, (second.stdout, vboard.transcript())
 
 
 def test_changed_and_stale_files(vboard):

@@ -35,6 +35,7 @@ HARD_RESET, SOFT_RESET, SOFT_RESET_RAW = 99, 98, 97
 # exit status for an uncaught KeyboardInterrupt
 _INTERRUPTED = (-signal.SIGINT, 130)
 _STALL_S = 2.0  # a port not read for this long is stalled: its output is dropped
+_TRANSCRIPT_BYTES = 32768  # how much of the chip's recent output `transcript()` keeps
 
 
 class VirtualBoard:
@@ -66,6 +67,18 @@ class VirtualBoard:
         self._stalled = False
         self._child_lock = threading.Lock()
         self._threads = []
+        self._transcript = bytearray()
+
+    def transcript(self):
+        """The chip's last output (up to _TRANSCRIPT_BYTES, whether or not anybody read the
+        port) with a `[chip exit CODE -> MODE]` line at each restart: what a test prints
+        when a board did something it did not expect."""
+        return bytes(self._transcript).decode(errors="replace")
+
+    def _note_output(self, data):
+        self._transcript += data
+        if len(self._transcript) > _TRANSCRIPT_BYTES:
+            del self._transcript[:-_TRANSCRIPT_BYTES]
 
     # lifecycle
     def start(self):
@@ -268,6 +281,7 @@ class VirtualBoard:
                     else child.stdout.read(4096)
                 if not chunk:
                     break
+                self._note_output(chunk)
                 self._emit(chunk)
             code = self._reset_reason(child.wait())
             self.resets.append(code)
@@ -280,4 +294,5 @@ class VirtualBoard:
             else:
                 mode = "soft-raw" if code == SOFT_RESET_RAW else \
                     "soft" if code == SOFT_RESET else "power-on"
+            self._note_output(f"\n[chip exit {code} -> {mode}]\n".encode())
             self._spawn(mode)
