@@ -10,9 +10,10 @@
 The chip is the MicroPython unix port running chip/chip.py in `flash_dir` (the simulated
 littlefs): boot.py, main.py, then a REPL that speaks mpremote's raw REPL. The supervisor
 relays bytes between the pty and the chip's stdin/stdout, turns Ctrl-C into SIGINT (the
-chip's UART interrupt), and restarts the chip when it resets: hard reset (machine.reset(),
-the meter's `reboot`, a watchdog) runs boot.py and main.py again; a soft reset from the raw
-REPL skips main.py, as on a board. The flash directory persists across all of them.
+chip's UART interrupt; sent while the chip waits in a system call, see _interrupt), and
+restarts the chip when it resets: hard reset (machine.reset(), the meter's `reboot`, a
+watchdog) runs boot.py and main.py again; a soft reset from the raw REPL skips main.py, as
+on a board. The flash directory persists across all of them.
 """
 
 import os
@@ -35,7 +36,32 @@ HARD_RESET, SOFT_RESET, SOFT_RESET_RAW = 99, 98, 97
 # exit status for an uncaught KeyboardInterrupt
 _INTERRUPTED = (-signal.SIGINT, 130)
 _STALL_S = 2.0  # a port not read for this long is stalled: its output is dropped
+_INTERRUPT_WAIT_S = 3.0  # longest wait for a chip to enter a system call (see _interrupt)
 _TRANSCRIPT_BYTES = 32768  # how much of the chip's recent output `transcript()` keeps
+
+
+def _stopped_in_syscall(pid):
+    """For a process just sent SIGSTOP: True if it stopped inside a system call, False if in
+    its own code, None if /proc does not tell (no /proc/PID/syscall on this kernel)."""
+    for _ in range(200):  # SIGSTOP is asynchronous: wait until it has stopped
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            return None
+        if state in ("T", "t"):
+            break
+        if state in ("Z", "X"):
+            return False
+        time.sleep(0.0002)
+    else:
+        return False
+    try:
+        with open(f"/proc/{pid}/syscall") as f:
+            first = f.read().split()[0]
+    except (OSError, IndexError):
+        return None
+    return first not in ("running", "-1")
 
 
 class VirtualBoard:
@@ -68,6 +94,9 @@ class VirtualBoard:
         self._child_lock = threading.Lock()
         self._threads = []
         self._transcript = bytearray()
+        self._halted = False
+        self._signal_lock = threading.Lock()
+        self.safe_interrupts = 0  # Ctrl-C delivered while the chip was in a system call
 
     def transcript(self):
         """The chip's last output (up to _TRANSCRIPT_BYTES, whether or not anybody read the
@@ -151,11 +180,15 @@ class VirtualBoard:
         it does not."""
         with self._child_lock:
             child = self._child
-        os.kill(child.pid, signal.SIGSTOP)
+        with self._signal_lock:
+            self._halted = True
+            os.kill(child.pid, signal.SIGSTOP)
         try:
             yield self
         finally:
-            os.kill(child.pid, signal.SIGCONT)
+            with self._signal_lock:
+                os.kill(child.pid, signal.SIGCONT)
+                self._halted = False
 
     # internals
     def _env(self):
@@ -207,8 +240,7 @@ class VirtualBoard:
                     if time.monotonic() >= self._hold_until:
                         with self._child_lock:
                             child = self._child
-                        if child.poll() is None:
-                            child.send_signal(signal.SIGINT)
+                        self._interrupt(child)
                         # let the interrupt land before the next bytes reach the chip
                         self._hold_until = time.monotonic() + 0.15
                     continue
@@ -216,6 +248,47 @@ class VirtualBoard:
                 if delay > 0:
                     time.sleep(delay)
                 self._write_child(bytes([b]))
+
+    def _interrupt(self, child):
+        """Ctrl-C: SIGINT to the chip, at an instant where it is blocked in a system call.
+
+        The PyPI unix port is built without a GIL, so MICROPY_ASYNC_KBD_INTR is on: its
+        SIGINT handler raises KeyboardInterrupt straight out of whatever C code was running.
+        Landing inside the heap's own code (an allocation, a collection, a dict insert) that
+        corrupts the heap: once in ~100 interrupted meters a module's globals were found
+        empty afterwards. A board raises KeyboardInterrupt between bytecodes instead. So the
+        chip is stopped (SIGSTOP), and only if it stopped inside a system call (reading its
+        stdin or the sensor feed, sleeping: no heap code is half done) does SIGINT go in
+        before it resumes; otherwise it resumes and is tried again a moment later. A chip
+        that never makes a system call for _INTERRUPT_WAIT_S (a tight loop) gets the signal
+        regardless, as before.
+        """
+        if child.poll() is not None:
+            return
+        deadline = time.monotonic() + _INTERRUPT_WAIT_S
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            with self._signal_lock:  # never resume a chip that halted() froze
+                if self._halted:
+                    break
+                try:
+                    os.kill(child.pid, signal.SIGSTOP)
+                    try:
+                        in_syscall = _stopped_in_syscall(child.pid)
+                        if in_syscall is None:
+                            break  # no /proc view of it here: plain SIGINT
+                        if in_syscall:
+                            os.kill(child.pid, signal.SIGINT)
+                            self.safe_interrupts += 1
+                            return
+                    finally:
+                        os.kill(child.pid, signal.SIGCONT)
+                except ProcessLookupError:
+                    return
+            time.sleep(0.001)
+        try:
+            child.send_signal(signal.SIGINT)
+        except ProcessLookupError:
+            pass
 
     def _write_child(self, data):
         for _ in range(200):
