@@ -2,6 +2,7 @@
 """`ctmeter sim` end to end: virtual board -> HTTP -> collector on SQLite -> printed readings,
 and the simulated load changed with --load and by lines typed on its stdin."""
 
+import os
 import queue
 import re
 import signal
@@ -127,7 +128,8 @@ def test_sim_load_from_the_command_line_and_stdin(tmp_path):
         [sys.executable, "-m", "ctmeter", "sim", "--clock", "fast", "--duration", "60",
          "--http", "127.0.0.1:0", "--dir", str(tmp_path / "sim"), "--fresh",
          "--load", "2000W"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=dict(os.environ, PYTHONFAULTHANDLER="1"))  # a hang dumps every thread (below)
     out = _Lines(proc.stdout)
     try:
         assert "load 2000 W resistive" in out.wait(r"ctmeter sim: load .*load profile").group(0)
@@ -152,8 +154,10 @@ def test_sim_load_from_the_command_line_and_stdin(tmp_path):
         try:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
-            proc.kill()
-            raise
+            proc.send_signal(signal.SIGABRT)  # faulthandler: where each thread is stuck
+            proc.wait(timeout=10)
+            raise AssertionError("ctmeter sim did not stop on Ctrl-C:\n"
+                                 + proc.stderr.read()) from None
     assert proc.returncode == 0, proc.stderr.read()
 
 
