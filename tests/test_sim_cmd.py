@@ -122,6 +122,10 @@ class _Lines:
         raise AssertionError(f"no {count} x {pattern!r} in: {self.seen[-20:]}")
 
 
+def _sigint_default():
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_sim_load_from_the_command_line_and_stdin(tmp_path):
     reading = r"reading seq=(\d+) ch1 ([\d.]+) A (-?[\d.]+) W"
     proc = subprocess.Popen(
@@ -129,7 +133,10 @@ def test_sim_load_from_the_command_line_and_stdin(tmp_path):
          "--http", "127.0.0.1:0", "--dir", str(tmp_path / "sim"), "--fresh",
          "--load", "2000W"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env=dict(os.environ, PYTHONFAULTHANDLER="1"))  # a hang dumps every thread (below)
+        env=dict(os.environ, PYTHONFAULTHANDLER="1"),  # a hang dumps every thread (below)
+        # as from a terminal: a suite started in the background (`cmd &` in a script)
+        # passes SIGINT on ignored, and Python then never raises KeyboardInterrupt
+        preexec_fn=_sigint_default)
     out = _Lines(proc.stdout)
     try:
         assert "load 2000 W resistive" in out.wait(r"ctmeter sim: load .*load profile").group(0)
@@ -159,6 +166,41 @@ def test_sim_load_from_the_command_line_and_stdin(tmp_path):
             raise AssertionError("ctmeter sim did not stop on Ctrl-C:\n"
                                  + proc.stderr.read()) from None
     assert proc.returncode == 0, proc.stderr.read()
+
+
+def test_sigterm_stops_the_sim_cleanly(tmp_path):
+    # a service manager (or `kill`) stops it with SIGTERM: board and collector shut down,
+    # exit status 0, as with Ctrl-C (before, SIGTERM killed it on the spot: status -15)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ctmeter", "sim", "--clock", "fast", "--http", "127.0.0.1:0",
+         "--dir", str(tmp_path / "sim"), "--fresh"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out = _Lines(proc.stdout)
+    try:
+        board = out.wait(r"virtual board on (/dev/pts/\d+)")
+        out.wait(r"reading seq=")
+        assert _running_in(tmp_path / "sim" / "flash")  # the chip, while the sim runs
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(timeout=30)
+    err = proc.stderr.read()
+    assert rc == 0, err
+    assert "ctmeter sim: stopping" in err
+    # the chip went with it: no process runs in the board's flash any more
+    assert board and not _running_in(tmp_path / "sim" / "flash")
+
+
+def _running_in(folder):
+    """Pids of processes whose working directory is `folder` (the virtual chip's is its
+    flash)."""
+    found = []
+    for pid in os.listdir("/proc"):
+        try:
+            if pid.isdigit() and os.readlink(f"/proc/{pid}/cwd") == str(folder):
+                found.append(int(pid))
+        except OSError:
+            continue
+    return found
 
 
 def test_sim_without_stdin_runs_without_its_load_console():

@@ -6,6 +6,9 @@ collector on SQLite; prints the board's port, the dashboard URL and live reading
     ctmeter sim --clock fast --duration 20     # simulated time as fast as it goes
     ctmeter sim --load 2000W         # a steady reference load instead of the household
 
+Ctrl-C (SIGINT) or SIGTERM (a service manager, `kill`) stops it cleanly: the board and the
+collector are shut down, exit status 0.
+
 The load can be changed while it runs, by lines typed on its standard input:
     load 2000W          a resistive load of 2000 W (at the nominal 230 V)
     load 8.5A           a resistive load of 8.5 A
@@ -25,6 +28,7 @@ import queue
 import re
 import secrets
 import shutil
+import signal
 import sys
 import threading
 import time
@@ -161,6 +165,10 @@ def _read_lines(stream, out):
     out.put(None)
 
 
+def _stop_on_sigterm(signum, frame):
+    raise KeyboardInterrupt  # the same clean stop as Ctrl-C
+
+
 def register(subparsers):
     p = subparsers.add_parser("sim", help="run the meter on a virtual board with a simulated load",
                               description=__doc__.splitlines()[0])
@@ -243,6 +251,7 @@ def run(args):
     print(f"ctmeter sim: load {describe_load(loads.current, loads.nominal_v)}; {LOAD_HELP}",
           flush=True)
     print("ctmeter sim: Ctrl-C stops", flush=True)
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     lines = queue.Queue()
     threading.Thread(target=_read_lines, args=(sys.stdin, lines), daemon=True).start()
     seen = set()
