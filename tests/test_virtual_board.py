@@ -246,3 +246,46 @@ def test_ctrl_c_never_lands_inside_the_heap_code(tmp_path):
     finally:
         os.close(fd)
         vb.stop()
+
+
+def test_a_graceful_stop_lets_the_meter_save_its_energy(tmp_path):
+    # `make sim` stops on Ctrl-C: the meter gets a Ctrl-C of its own and saves its counter
+    # (no scheduled save in this run: the persist interval is a simulated day), so the
+    # next sim carries on from the same kWh; a plain stop() is a power cut.
+    import json
+
+    from ctmeter.model import Channel, Frontend, Mains, Resistive, Stream
+    from ctmeter.virtual.meter import start_virtual_meter
+    from meter.flashfs import FlashFS
+    from meter.persist import CounterStore
+
+    stream = Stream([Channel(Frontend("sct013-030", ideal=True), Resistive(watts=2000))],
+                    mains=Mains.clean(), voltage=Frontend("zmpt101b", ideal=True),
+                    sample_rate=4000, seed=1)
+    flash = tmp_path / "flash"
+
+    def run_and_stop(graceful):
+        vb = start_virtual_meter(flash, stream, {"persist_interval_s": 86400,
+                                                 "console": {"mode": "json"}})
+        fd = os.open(vb.port, os.O_RDWR | os.O_NOCTTY)
+        try:
+            assert b"ctmeter-boot" in _read_for(fd, 20, until=b"ctmeter-boot")
+            time.sleep(1.0)
+            os.write(fd, b"status\r\n")
+            line = [ln for ln in _read_for(fd, 10, until=b'"cmd": "status"').splitlines()
+                    if b'"cmd": "status"' in ln]
+            assert line, vb.transcript()[-2000:]
+            kwh = float(json.loads(line[0])["energy_kwh"][0])
+        finally:
+            os.close(fd)
+            vb.stop(graceful=graceful)
+        store = CounterStore(FlashFS(str(flash)))
+        store.load(channels=4)
+        return kwh, store.energy[0] / 1e6  # mWh -> kWh
+
+    shown, saved = run_and_stop(graceful=True)
+    assert shown > 0.05  # 2 kW for well over a simulated minute
+    assert saved >= shown - 0.001  # all of it, up to the status line's 1 Wh rounding
+    shown2, saved2 = run_and_stop(graceful=False)
+    assert shown2 > saved + 0.05  # it carried on from the saved counter ...
+    assert saved2 == pytest.approx(saved, abs=1e-9)  # ... and a power cut saved nothing new

@@ -6,8 +6,9 @@ collector on SQLite; prints the board's port, the dashboard URL and live reading
     ctmeter sim --clock fast --duration 20     # simulated time as fast as it goes
     ctmeter sim --load 2000W         # a steady reference load instead of the household
 
-Ctrl-C (SIGINT) or SIGTERM (a service manager, `kill`) stops it cleanly: the board and the
-collector are shut down, exit status 0.
+Ctrl-C (SIGINT) or SIGTERM (a service manager, `kill`) stops it cleanly: the meter gets a
+Ctrl-C and saves its energy counter (the next `ctmeter sim` without --fresh carries on from
+it), then the board and the collector are shut down, exit status 0.
 
 The load can be changed while it runs, by lines typed on its standard input:
     load 2000W          a resistive load of 2000 W (at the nominal 230 V)
@@ -296,7 +297,7 @@ def run(args):
     except KeyboardInterrupt:
         print("ctmeter sim: stopping", file=sys.stderr)
     finally:
-        board.stop()
+        board.stop(graceful=True)  # the meter saves its energy counter first
         if collector:
             collector.stop()
     return 0

@@ -95,6 +95,7 @@ class VirtualBoard:
         self._threads = []
         self._transcript = bytearray()
         self._halted = False
+        self._prompt = threading.Event()  # the chip's last output ended in the REPL prompt
         self._signal_lock = threading.Lock()
         self.safe_interrupts = 0  # Ctrl-C delivered while the chip was in a system call
 
@@ -105,6 +106,8 @@ class VirtualBoard:
         return bytes(self._transcript).decode(errors="replace")
 
     def _note_output(self, data):
+        if data.endswith(b">>> "):
+            self._prompt.set()
         self._transcript += data
         if len(self._transcript) > _TRANSCRIPT_BYTES:
             del self._transcript[:-_TRANSCRIPT_BYTES]
@@ -129,7 +132,17 @@ class VirtualBoard:
             self._threads.append(t)
         return self
 
-    def stop(self):
+    def stop(self, graceful=False, wait_s=5.0):
+        """Power the board off. graceful=True first sends Ctrl-C (as `make sim` does on
+        its own Ctrl-C) and waits up to wait_s for the REPL prompt, so a meter saves its
+        energy counter before the power goes; otherwise it is a power cut."""
+        if graceful:
+            with self._child_lock:
+                child = self._child
+            if child is not None and child.poll() is None:
+                self._prompt.clear()
+                self._interrupt(child)
+                self._prompt.wait(wait_s)
         self._stop.set()
         self._end_child()
         if self.feed:
@@ -211,12 +224,13 @@ class VirtualBoard:
     def _spawn(self, mode):
         # The chip starts with SIGINT ignored: a Ctrl-C that comes while it is starting (the
         # PyPI unix port boots a CPython first) is lost, as on a board still booting, instead
-        # of killing it; MicroPython takes SIGINT over once chip.py runs.
+        # of killing it; MicroPython takes SIGINT over once chip.py runs. Its own session:
+        # a terminal's Ctrl-C goes to the host program, not (unsafely, see _interrupt) to it.
         cmd = ["/bin/sh", "-c", 'trap "" INT; exec "$@"', "chip", micropython_binary(),
                "-X", f"heapsize={self.heapsize}", str(CHIP_DIR / "chip.py"), mode]
         child = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                  stderr=subprocess.STDOUT, cwd=self.flash_dir, env=self._env(),
-                                 bufsize=0)
+                                 bufsize=0, start_new_session=True)
         with self._child_lock:
             self._child = child
             self._mode = mode
