@@ -47,6 +47,7 @@ except ImportError:  # CPython: this module imports there (tests, tooling), it i
 
 _MAX_STATUS = const(128)  # longest status line we accept
 _MAX_DRAIN = const(1024)  # headers and body read after the status line, at most
+_DRAIN_PIECE = const(128)  # read (and allocated) at once while draining, at most
 _MIN_SLICE_MS = const(1)  # smallest socket timeout we set while the deadline runs out
 _MBEDTLS_ERR_SSL_TIMEOUT = const(-0x6800)
 
@@ -266,24 +267,34 @@ class HttpPoster:
 
     def _drain(self, raw, stream, deadline):
         # Read a short answer to its end so the server sees an orderly close rather than a
-        # reset; a long or endless one is cut at _MAX_DRAIN bytes or the deadline.
+        # reset; a long or endless one is cut at _MAX_DRAIN bytes or the deadline. In small
+        # pieces: readline(n) takes an n-byte block at once, which a heap fragmented by days
+        # of work may not have, and the status is known by now: no failure here may lose it.
         budget = _MAX_DRAIN
         length = 0
+        at_start = True  # the piece read next starts a header line
         try:
             while budget > 0:
                 deadline.arm(raw, "draining")
-                line = stream.readline(budget)
-                if not line:
+                piece = stream.readline(min(budget, _DRAIN_PIECE))
+                if not piece:
                     return
-                budget -= len(line)
-                if line in (b"\r\n", b"\n"):
-                    break
-                if line[:15].lower() == b"content-length:":
-                    length = int(line[15:].strip())
-            if 0 < length <= budget:
+                budget -= len(piece)
+                if at_start:
+                    if piece in (b"\r\n", b"\n"):
+                        break
+                    if piece[:15].lower() == b"content-length:":
+                        length = int(piece[15:].strip())
+                at_start = piece[-1:] == b"\n"
+            if not 0 < length <= budget:
+                return
+            while length > 0:
                 deadline.arm(raw, "draining")
-                stream.read(length)
-        except (OSError, ValueError, PostError):
+                piece = stream.read(min(length, _DRAIN_PIECE))
+                if not piece:
+                    return
+                length -= len(piece)
+        except (OSError, ValueError, PostError, MemoryError):
             pass  # the status is what counts; the rest of the answer is optional
 
     def _io_error(self, exc, what):
