@@ -5,7 +5,8 @@
     from bench.run import main; main(["--out-dir", tmp, "--quick", "--sections", "kernels"])
 
 Sections: kernels (bench/kernels_bench.py), accuracy (bench/accuracy.py), heap (bench/heap.py:
-the firmware's code on the heap, 64-bit unix and 32-bit webassembly ports) and ingest
+the firmware's code on the heap, 64-bit unix and 32-bit webassembly ports; bench/heap_floor.py:
+the smallest heap the deployed meter runs in) and ingest
 (bench/ingest.py, the collector's benchmark, run in a subprocess with modest parameters; a
 failure is recorded in the results, not raised). results.json keeps the keys of sections not
 run; BENCHMARKS.md keeps every section outside this module's markers (`<!-- intro:... -->`,
@@ -25,7 +26,7 @@ from pathlib import Path
 
 from ctmeter.paths import ROOT
 
-from bench import accuracy, heap, kernels_bench
+from bench import accuracy, heap, heap_floor, kernels_bench
 
 SECTIONS = ("kernels", "accuracy", "heap", "ingest")
 INTRO = """# Benchmarks
@@ -203,6 +204,8 @@ def heap_markdown(r):
         "",
         heap.markdown(r),
     ]
+    if r.get("floor"):
+        lines += ["", heap_floor.markdown(r["floor"])]
     return "\n".join(lines)
 
 
@@ -331,7 +334,8 @@ def main(argv=None):
 
         mp = subprocess.run([micropython_binary(), "-c", "import sys; print(sys.version)"],
                             capture_output=True, text=True).stdout.strip()
-        results["heap"] = dict(heap.run(), machine=m, micropython=mp)
+        results["heap"] = dict(heap.run(), machine=m, micropython=mp,
+                               floor=heap_floor.smallest())
         h = results["heap"]
         print("heap (KB, 64-bit): " + ", ".join(
             f"{k} {v / 1024:.1f}" for k, v in h["unix"]["groups"].items()), flush=True)
@@ -339,6 +343,9 @@ def main(argv=None):
         lo, hi = fw["between_windows"]["min"] / 1024, fw["between_windows"]["max"] / 1024
         print(f"firmware in use (KB, 64-bit): between windows {lo:.1f}-{hi:.1f}, "
               f"answering status {fw['answering_status'] / 1024:.1f}", flush=True)
+        fl = h["floor"]
+        print(f"smallest heap for {fl['days']} simulated days: {fl['kb']} KB (tried: "
+              + ", ".join(f"{k}: {v}" for k, v in fl["tried"].items()) + ")", flush=True)
         if "error" in h["wasm"]:
             print("heap 32-bit: not measured: " + h["wasm"]["error"], flush=True)
     if "ingest" in sections:

@@ -1,6 +1,7 @@
 # SPDX-License-Identifier: MIT
 """make bench: the re-implemented algorithms on pure sines, the variant generator, the runner."""
 
+import functools
 import json
 import math
 
@@ -126,11 +127,15 @@ def test_run_tiny_configuration_keeps_other_sections(tmp_path):
 
 
 def test_heap_section_measures_the_firmware_on_the_unix_port(tmp_path, monkeypatch):
-    from bench import heap
+    from bench import heap, heap_floor
 
     # the 32-bit port needs node and npm; its failure is recorded, not raised
     monkeypatch.setattr(heap, "wasm", lambda: (_ for _ in ()).throw(
         heap.HeapBenchError("node and npm are needed")))
+    # the smallest-heap search, shortened: 0.2 simulated days per size, 96-128 KB in 8 KB
+    # steps (the meter does not start in 96 KB and runs in 128: make bench's soak is 2 days)
+    monkeypatch.setattr(heap_floor, "smallest", functools.partial(
+        heap_floor.smallest, days=0.2, low_kb=96, high_kb=128, step_kb=8))
     (tmp_path / "bench").mkdir()
     (tmp_path / "docs").mkdir()
     assert run.main(["--out-dir", str(tmp_path), "--sections", "heap"]) == 0
@@ -151,3 +156,10 @@ def test_heap_section_measures_the_firmware_on_the_unix_port(tmp_path, monkeypat
     doc = (tmp_path / "docs" / "BENCHMARKS.md").read_text()
     assert "| resident | %.1f KB |" % (g["resident"] / 1024) in doc
     assert "32-bit port not measured: node and npm are needed" in doc
+    # the smallest heap: a size that ran, the size below it failing for lack of memory
+    fl = h["floor"]
+    assert fl["kb"] in (104, 112, 120, 128), fl
+    assert fl["tried"][str(fl["kb"])] == "ran"
+    assert fl["below"]["kb"] == fl["kb"] - 8
+    assert "MemoryError" in fl["below"]["failure"], fl
+    assert f"**{fl['kb']} KB**" in doc and fl["below"]["failure"] in doc

@@ -1,0 +1,241 @@
+# SPDX-License-Identifier: MIT
+"""The smallest heap the deployed firmware runs in: the number the issue's 64 KB target is
+about, measured instead of written down.
+
+    python -m bench.heap_floor            # prints the result as JSON
+    from bench.heap_floor import smallest; r = smallest()
+
+The meter is the soak's (tests/test_soak.py): the firmware as `ctmeter deploy` writes it,
+one current channel on a household load profile, voltage, a reading a minute posted over
+HTTP to a local receiver, the sampling loop heap-locked (CTMETER_HEAP_LOCK=1), on the
+virtual board's exact clock in time-lapse. A size *runs* when the meter starts, never
+resets, counts no MemoryError and no other error, answers `status` at 10 minutes and at
+every simulated day, and delivers a reading for every minute (99 %). Sizes are searched by
+bisection on a 4 KB grid between the target (64 KB) and 160 KB: that assumes a meter that
+runs in N KB also runs in N + 4, which held wherever sizes were tried by hand (see
+tests/test_soak.py). Each size is a fresh board and a fresh flash.
+
+Why the smallest size rather than what is in use: fragmentation. A heap with 19 KB free can
+still fail to find 1 KB in one piece, so only running the meter tells whether a size works;
+the failure at the size just below says what ran out first.
+"""
+
+import json
+import os
+import select
+import tempfile
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+from meter.console import BOOT_PREFIX  # the firmware's own start-up line
+
+TARGET_KB = 64  # the issue's target, on the 64-bit unix port
+CEILING_KB = 160
+STEP_KB = 4
+DAYS = 2  # simulated days per size (a week of the soak takes ~45 s; two catch what it did)
+FS = 4000
+_STATUS_TIMEOUT_S = 20.0
+_DAY_TIMEOUT_S = 120.0  # wall time allowed per simulated day (a day takes ~6 s here)
+
+
+class _Receiver(BaseHTTPRequestHandler):
+    def do_POST(self):  # noqa: N802
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        try:
+            doc = json.loads(body)
+        except ValueError:
+            doc = None
+        docs = doc if isinstance(doc, list) else [doc]
+        with self.server.lock:
+            self.server.seqs.update(d["seq"] for d in docs if isinstance(d, dict) and "seq" in d)
+        self.send_response(201)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def _deploy(flash, config):
+    from ctmeter.boards import load_board
+    from ctmeter.deploy import build
+
+    for dest, f in build(load_board("virtual"), out_dir=flash.parent / "build").items():
+        path = flash / dest
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(f.data)
+    (flash / "config.json").write_text(json.dumps(config))
+
+
+def _checkpoints(days):
+    """Simulated seconds at which `status` is asked: 10 minutes, each whole day, the end."""
+    end = days * 86400
+    points = {min(600, end), end}
+    points.update(d * 86400 for d in range(1, int(days) + 1) if d * 86400 < end)
+    return sorted(points)
+
+
+class _Port:
+    """The board's console in JSON mode: whole lines, and everything it printed kept."""
+
+    def __init__(self, path):
+        self.fd = os.open(path, os.O_RDWR | os.O_NOCTTY)
+        self.text = b""
+        self._pending = b""
+
+    def lines(self, timeout_s):
+        end = time.monotonic() + timeout_s
+        while time.monotonic() < end:
+            if select.select([self.fd], [], [], 0.1)[0]:
+                chunk = os.read(self.fd, 65536)
+                self.text = (self.text + chunk)[-65536:]
+                self._pending += chunk
+                *done, self._pending = self._pending.split(b"\n")
+                yield from (x.strip() for x in done)
+            else:
+                yield None  # nothing yet: lets the caller check the board
+
+    def ask_status(self):
+        os.write(self.fd, b"status\r\n")
+        for line in self.lines(_STATUS_TIMEOUT_S):
+            if line and line.startswith(b"{"):
+                try:
+                    msg = json.loads(line)
+                except ValueError:
+                    continue
+                if msg.get("cmd") == "status" or "error" in msg:
+                    return msg
+        return None
+
+    def close(self):
+        os.close(self.fd)
+
+
+def _crash(text):
+    """What a crashed meter printed last: its exception and where it was raised, or None."""
+    lines = text.decode(errors="replace").splitlines()
+    for i in range(len(lines) - 1, -1, -1):
+        line = lines[i].strip()
+        if "Error" in line and ":" in line and not line.startswith("{"):
+            where = [x.strip() for x in lines[:i] if x.strip().startswith("File ")]
+            when = "start-up" if not any(BOOT_PREFIX in x for x in lines[:i]) else "running"
+            return f"{when}: {line}" + (f" ({where[-1]})" if where else "")
+    return None
+
+
+def run_at(heap_kb, days=DAYS, build_dir=None):
+    """None if the soak's meter ran `days` simulated days in a heap of heap_kb KB, else the
+    first thing that went wrong (text)."""
+    from ctmeter.model import Channel, Frontend, Mains, Stream, varying_profile
+    from ctmeter.virtual.meter import StreamSource, meter_config
+    from ctmeter.virtual.supervisor import VirtualBoard
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
+    server.daemon_threads = True
+    server.lock = threading.Lock()
+    server.seqs = set()
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/api/measurements"
+    stream = Stream([Channel(Frontend("sct013-030", ideal=True),
+                             varying_profile(days + 0.5, seed=5))],
+                    mains=Mains(seed=5), voltage=Frontend("zmpt101b", ideal=True),
+                    sample_rate=FS, seed=5)
+    config = meter_config(stream, {"device_id": "floor", "interval_s": 60,
+                                   "console": {"mode": "json"},
+                                   "http": {"enabled": True, "url": url,
+                                            "token": "floor-token"}})
+    vb = port = None
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            flash = Path(tmp) / "flash"
+            _deploy(flash, config)
+            vb = VirtualBoard(flash, StreamSource(stream), clock="exact", timelapse_s=9.8,
+                              heapsize=f"{heap_kb}k", firmware="flash",
+                              extra_env={"CTMETER_HEAP_LOCK": "1"}).start()
+            port = _Port(vb.port)
+            last = None
+            for at in _checkpoints(days):
+                why = _run_until(vb, port, at)
+                if why:
+                    return why
+                last = port.ask_status()
+                if last is None:
+                    return _crash(port.text) or f"no answer to status at {at} s"
+                if "error" in last:
+                    return f"status at {at} s: {last['error']}"
+                if last["mem_errors"] or last["errors"]:
+                    return (f"at {at} s: {last['mem_errors']} MemoryError(s), "
+                            f"{last['errors']} other error(s) ({last['last_error']})")
+                if vb.resets:
+                    return f"the board reset (exit {vb.resets[0]})"
+            expected = int(days * 86400 / 60 * 0.99) - 1
+            if len(server.seqs) < expected:
+                return f"{len(server.seqs)} readings delivered of {expected}"
+            return None
+    finally:
+        if port is not None:
+            port.close()
+        if vb is not None:
+            vb.stop()
+        server.shutdown()
+        server.server_close()
+
+
+def _run_until(vb, port, sim_s):
+    """Wait for the board's simulated time to reach sim_s; the failure text, or None."""
+    deadline = time.monotonic() + _DAY_TIMEOUT_S * max(1.0, sim_s / 86400)
+    for _ in port.lines(deadline - time.monotonic()):
+        last = vb.feed.last_frame
+        if last is not None and last / FS >= sim_s:
+            return None
+        if vb.resets:
+            return _crash(port.text) or f"the board reset (exit {vb.resets[0]})"
+        if b">>> " in port.text[-200:]:  # the meter ended: the chip is at its REPL
+            return _crash(port.text) or "the meter stopped"
+    return _crash(port.text) or f"simulated time did not reach {sim_s} s"
+
+
+def smallest(days=DAYS, low_kb=TARGET_KB, high_kb=CEILING_KB, step_kb=STEP_KB):
+    """The smallest size (KB, on the step grid) that runs, with what failed below it."""
+    tried = {}
+
+    def runs(kb):
+        tried[kb] = run_at(kb, days)
+        return tried[kb] is None
+
+    out = {"days": days, "step_kb": step_kb, "target_kb": TARGET_KB,
+           "config": "one current channel, voltage, HTTP every minute"}
+    if runs(low_kb):
+        out.update(kb=low_kb, below=None)
+    elif not runs(high_kb):
+        out.update(kb=None, below={"kb": high_kb, "failure": tried[high_kb]})
+    else:
+        lo, hi = low_kb, high_kb  # lo fails, hi runs
+        while hi - lo > step_kb:
+            mid = lo + (hi - lo) // 2 // step_kb * step_kb
+            if runs(mid):
+                hi = mid
+            else:
+                lo = mid
+        out.update(kb=hi, below={"kb": lo, "failure": tried[lo]})
+    out["tried"] = {str(k): v or "ran" for k, v in sorted(tried.items())}
+    return out
+
+
+def markdown(r):
+    if r.get("kb") is None:
+        return (f"The soak's meter ({r['config']}) did not run {r['days']} simulated days "
+                f"in any size tried, up to {r['below']['kb']} KB: {r['below']['failure']}.")
+    text = (f"Smallest heap that runs the soak's meter ({r['config']}; heap-locked sampling) "
+            f"for {r['days']} simulated days, searched in {r['step_kb']} KB steps "
+            f"(`bench/heap_floor.py`): **{r['kb']} KB** (the issue's target: "
+            f"{r['target_kb']} KB).")
+    if r.get("below"):
+        text += f" At {r['below']['kb']} KB: {r['below']['failure']}."
+    return text
+
+
+if __name__ == "__main__":
+    print(json.dumps(smallest(), indent=1))
