@@ -39,8 +39,9 @@ from meter.console import BOOT_PREFIX, MAX_LINE, NO_MEMORY_ERROR
 
 from tests.test_soak import deploy_to
 
-# The deployed firmware's heap on the virtual board (two current channels and voltage), the
-# soak's. Measured: 128 KB passes; at 120 KB some lines answer "out of memory" (and the
+# The deployed firmware's heap on the virtual board (two current channels and voltage; every
+# console command, `config set` with the config checks: more than the soak's meter needs).
+# Measured: 128 KB passes; at 120 KB some lines answer "out of memory" (and the
 # meter, short of memory in 20 windows in a row, lets the watchdog reset it); before the
 # console dropped its parser while a handler runs, this meter needed 144 KB. At a heap too
 # small for the console this test fails.
