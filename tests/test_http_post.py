@@ -46,16 +46,18 @@ try:
         # a heap fragmented as after days of work: the free space is many blocks of at most
         # `hole` bytes between live ones, none larger
         import gc
-        live, dead = [None] * 600, [None] * 600
+        live, dead = [None] * 200, [None] * 200
         gc.collect()
         try:
-            for i in range(600):
+            for i in range(200):
                 live[i] = bytearray(job["hole"])
                 dead[i] = bytearray(job["hole"])
         except MemoryError:
             pass
-        for i in range(600):
-            dead[i] = None
+        j = 0
+        while j < 200:  # a range() here would need a block of a heap that is full
+            dead[j] = None
+            j += 1
         gc.collect()
         frag = {"free": gc.mem_free(), "holes": i}
     if job.get("batch"):
@@ -302,7 +304,7 @@ def test_a_fragmented_heap_does_not_lose_a_delivered_status(micropython, http_se
     # server sent into a failure, and the reading into a duplicate on the next attempt.
     url = f"http://127.0.0.1:{http_server.port}/api/measurements"
     r = post(micropython, tmp_path, url=url, token=TOKEN, hole=400)
-    assert r["holes"] >= 20, r  # the heap really was cut into small free blocks
+    assert r.get("holes", 0) >= 20, r  # the heap really was cut into small free blocks
     assert r["status"] == 201, r
     assert len(http_server.requests) == 1
 
