@@ -285,7 +285,7 @@ class HttpPoster:
                         break
                     if piece[:15].lower() == b"content-length:":
                         length = int(piece[15:].strip())
-                at_start = piece[-1:] == b"\n"
+                at_start = piece[-1] == 10  # b"\n", compared without a new object
             if not 0 < length <= budget:
                 return
             while length > 0:
