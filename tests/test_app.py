@@ -98,6 +98,10 @@ def test_a_memory_error_while_storing_loses_no_reading(tmp_path, monkeypatch):
 
 # -- the meter's loop survives a rare failure, and not a permanent one -------------------------
 
+class Reset(Exception):  # noqa: N818 - the board's reset, which does not return on a chip
+    pass
+
+
 class LoopBoard(BoardBase):
     """A board for Meter.run() under CPython: a clean 50 Hz sine; `fail(window)` decides which
     windows raise after sampling; KeyboardInterrupt (as Ctrl-C) after `windows` windows."""
@@ -120,8 +124,15 @@ class LoopBoard(BoardBase):
             self.us += 250
 
     def after_window(self):
-        if self.fail(self.n):
+        why = self.fail(self.n)
+        if why == "memory":
+            raise MemoryError("memory allocation failed, allocating 272 bytes")
+        if why:
             raise RuntimeError("a bug in a rare path")
+
+    def reset(self):
+        self.saved_at_reset = self.saved()  # a chip's reset does not return: no finally
+        raise Reset
 
     def ticks_us(self):
         return self.us & 0x3FFFFFFF
@@ -164,6 +175,33 @@ def test_the_loop_gives_up_on_a_failure_in_every_window(tmp_path, capsys):
     with pytest.raises(RuntimeError):
         m.run()
     assert m.errors == app._MAX_FAILING and board.n == 3 + app._MAX_FAILING
+
+
+def test_running_out_of_memory_for_a_while_loses_those_windows_only(tmp_path, capsys):
+    last = 3 + app._MAX_FAILING - 2  # one window short of giving up
+    board = LoopBoard(fail=lambda n: "memory" if 3 <= n <= last else None, windows=40)
+    m = Meter(board=board, fs=FlashFS(str(tmp_path)))
+    with pytest.raises(KeyboardInterrupt):
+        m.run()
+    assert m.mem_errors == app._MAX_FAILING - 1 and m.errors == 0
+    assert m.windows == 40  # measured through it, and on after it
+
+
+def test_out_of_memory_in_every_window_restarts_the_board_with_energy_saved(tmp_path, capsys):
+    board = LoopBoard(fail=lambda n: "memory" if n >= 30 else None, windows=1000)
+    m = Meter(board=board, fs=FlashFS(str(tmp_path)))
+    saves = []
+    real_save = m.store.save
+    m.store.save = lambda state, now_ms=None: (saves.append(list(state)),
+                                               real_save(state, now_ms))
+    board.saved = lambda: list(saves)
+    with pytest.raises((Reset, KeyboardInterrupt)) as end:  # Ctrl-C: ran out of windows
+        m.run()
+    assert end.type is Reset
+    assert m.mem_errors == app._MAX_FAILING and board.n == 29 + app._MAX_FAILING
+    # the counters were saved before the reset, with the energy of the last window in them
+    assert board.saved_at_reset and board.saved_at_reset[-1] == m._energy_state()
+    assert m.energy[0].mwh > 0
 
 
 def test_config_set_says_whether_the_change_applies_now(tmp_path):
