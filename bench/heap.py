@@ -34,6 +34,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from ctmeter.paths import DEVICE_LIB, ROOT, micropython_binary
+from ctmeter.virtual.meter import deploy_to_flash
 
 from bench import kernels_bench
 
@@ -121,22 +122,11 @@ def _measure(groups, run_script):
     return {"groups": out, "names": names}
 
 
-def _deploy(flash, build_dir=None):
-    """Write what `ctmeter deploy` puts on a board (the virtual one's build) into flash/."""
-    from ctmeter.boards import load_board
-    from ctmeter.deploy import build
-
-    for dest, f in build(load_board("virtual"), out_dir=build_dir).items():
-        p = flash / dest
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_bytes(f.data)
-
-
 def unix(build_dir=None):
     """The 64-bit unix port, running the deployed build."""
     with tempfile.TemporaryDirectory() as tmp:
         flash = Path(tmp) / "flash"
-        _deploy(flash, build_dir)
+        deploy_to_flash(flash, build_dir=build_dir)
         script = Path(tmp) / "heap.py"
 
         def run_script(text):
@@ -258,7 +248,7 @@ def firmware(build_dir=None, timeout_s=120):
     try:
         with tempfile.TemporaryDirectory() as tmp:
             flash = Path(tmp) / "flash"
-            _deploy(flash, build_dir)
+            deploy_to_flash(flash, build_dir=build_dir)
             (flash / "config.json").write_text(json.dumps(cfg))
             (flash / "main.py").write_text(FIRMWARE_MAIN % {"windows": FIRMWARE_WINDOWS})
             vb = VirtualBoard(flash, StreamSource(stream), heapsize=FIRMWARE_HEAP,

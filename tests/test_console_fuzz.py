@@ -33,11 +33,9 @@ import time
 
 import pytest
 from ctmeter.model import Channel, Frontend, Inductive, Mains, Resistive, Stream
-from ctmeter.virtual.meter import StreamSource, meter_config
+from ctmeter.virtual.meter import StreamSource, deploy_to_flash, meter_config
 from ctmeter.virtual.supervisor import VirtualBoard
 from meter.console import BOOT_PREFIX, MAX_LINE, NO_MEMORY_ERROR
-
-from tests.test_soak import deploy_to
 
 # The deployed firmware's heap on the virtual board (two current channels and voltage; every
 # console command, `config set` with the config checks: more than the soak's meter needs).
@@ -431,7 +429,7 @@ def _fuzz_meter(tmp_path, mode):
         "mqtt": {"user": "meter", "password": SECRETS["mqtt.password"]},
     })
     flash = tmp_path / "flash"
-    deploy_to(flash, config)
+    deploy_to_flash(flash, config, build_dir=tmp_path / "build")
     files_before = _config_files(flash)
     vb = VirtualBoard(flash, StreamSource(stream), heapsize=FUZZ_HEAP, firmware="flash",
                       extra_env={"CTMETER_HEAP_LOCK": "1"}).start()

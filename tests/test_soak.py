@@ -31,10 +31,7 @@ import threading
 from http.server import ThreadingHTTPServer
 
 import pytest
-from ctmeter.boards import load_board
-from ctmeter.deploy import build
-from ctmeter.model import Channel, Frontend, Mains, Stream, varying_profile
-from ctmeter.virtual.meter import StreamSource, meter_config
+from ctmeter.virtual.meter import StreamSource, deploy_to_flash, household_stream, meter_config
 from ctmeter.virtual.supervisor import VirtualBoard
 
 from tests.test_firmware_sim import Console, Receiver, wait_sim_time
@@ -44,32 +41,17 @@ DAYS = 7
 FS = 4000
 
 
-def deploy_to(flash, config):
-    """Write what `ctmeter deploy` would write for the virtual board into flash/."""
-    import json
-
-    flash.mkdir(parents=True, exist_ok=True)
-    for dest, f in build(load_board("virtual"), out_dir=flash.parent / "build").items():
-        path = flash / dest
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(f.data)
-    (flash / "config.json").write_text(json.dumps(config))
-
-
 @pytest.mark.slow
 def test_seven_days_heap_flat_and_kwh_on_truth(tmp_path):
     server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
     server.state = {"down": False, "received": []}
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}/api/measurements"
-    stream = Stream([Channel(Frontend("sct013-030", ideal=True),
-                             varying_profile(DAYS + 0.5, seed=5))],
-                    mains=Mains(seed=5), voltage=Frontend("zmpt101b", ideal=True),
-                    sample_rate=FS, seed=5)
+    stream = household_stream(DAYS, seed=5, sample_rate=FS)
     config = meter_config(stream, {"device_id": "soak", "interval_s": 60,
                                    "http": {"enabled": True, "url": url,
                                             "token": "s3cret-token"}})
-    deploy_to(tmp_path / "flash", config)
+    deploy_to_flash(tmp_path / "flash", config, build_dir=tmp_path / "build")
     vb = VirtualBoard(tmp_path / "flash", StreamSource(stream), clock="exact", timelapse_s=9.8,
                       heapsize=SOAK_HEAP, firmware="flash",
                       extra_env={"CTMETER_HEAP_LOCK": "1"}).start()

@@ -57,6 +57,33 @@ def meter_config(stream, overrides=None):
     return cfg
 
 
+def deploy_to_flash(flash_dir, config=None, build_dir=None):
+    """Write into flash_dir what `ctmeter deploy` puts on the virtual board (mpy-cross
+    bytecode under lib/, boot.py, main.py), and config.json when `config` is given."""
+    from ctmeter.boards import load_board
+    from ctmeter.deploy import build
+
+    flash = Path(flash_dir)
+    flash.mkdir(parents=True, exist_ok=True)
+    for dest, f in build(load_board("virtual"), out_dir=build_dir).items():
+        path = flash / dest
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(f.data)
+    if config is not None:
+        (flash / "config.json").write_text(json.dumps(config))
+
+
+def household_stream(days, seed=5, sample_rate=4000):
+    """The soak's meter input: one SCT-013-030 on a household load profile covering `days`
+    (and half a day more), ZMPT101B voltage, mains that wander as on a real grid."""
+    from ctmeter.model import Channel, Frontend, Mains, Stream, varying_profile
+
+    return Stream([Channel(Frontend("sct013-030", ideal=True),
+                           varying_profile(days + 0.5, seed=seed))],
+                  mains=Mains(seed=seed), voltage=Frontend("zmpt101b", ideal=True),
+                  sample_rate=sample_rate, seed=seed)
+
+
 def start_virtual_meter(flash_dir, stream, overrides=None, clock="fast", timelapse_s=0.0,
                         heapsize=SIM_HEAP, epoch=None, write_config=True, extra_env=None):
     flash = Path(flash_dir)
