@@ -29,6 +29,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from meter.board import STOP_PREFIX  # the firmware's own stop line
 from meter.console import BOOT_PREFIX  # the firmware's own start-up line
 
 TARGET_KB = 64  # the target, on the 64-bit unix port
@@ -111,7 +112,7 @@ def _crash(text):
     lines = text.decode(errors="replace").splitlines()
     for i in range(len(lines) - 1, -1, -1):
         line = lines[i].strip()
-        if "Error" in line and ":" in line and not line.startswith("{"):
+        if "Error" in line and ":" in line and not line.startswith(("{", STOP_PREFIX)):
             where = [x.strip() for x in lines[:i] if x.strip().startswith("File ")]
             when = "start-up" if not any(BOOT_PREFIX in x for x in lines[:i]) else "running"
             return f"{when}: {line}" + (f" ({where[-1]})" if where else "")

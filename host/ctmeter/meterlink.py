@@ -21,9 +21,10 @@ samples) reads the next line only when it is done, so each command waits up to `
 seconds for its answer.
 
 Errors: the port cannot be opened -> PortError (transport.py); no answer in time, the link
-lost, the meter restarted or not running (a REPL answered) -> DeviceError; the meter
-answered {"ok": false} -> MeterError (cmd() only) with the meter's own error text. Error
-messages name the command, never the typed line (it may carry a password).
+lost, the meter restarted, stopped (its `ctmeter-stopped` line) or not running (a REPL
+answered) -> DeviceError; the meter answered {"ok": false} -> MeterError (cmd() only)
+with the meter's own error text. Error messages name the command, never the typed line (it
+may carry a password).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import json
 import time
 
 import serial
+from meter.board import STOP_PREFIX  # the firmware's own
 from meter.console import BOOT_PREFIX, MAX_LINE, NO_MEMORY_ERROR  # the firmware's own
 
 from ctmeter import transport as tp
@@ -295,7 +297,10 @@ class MeterLink:
             if nl >= 0:
                 raw = bytes(self._buf[:nl])
                 del self._buf[:nl + 1]
-                return raw.decode("utf-8", "replace").strip()
+                line = raw.decode("utf-8", "replace").strip()
+                if line.startswith(STOP_PREFIX):
+                    raise tp.stopped_error(self.port, line, self._chatter)
+                return line
             if time.monotonic() >= deadline:
                 if self._buf.endswith(_PROMPTS[0]) or self._buf.endswith(_PROMPTS[1]):
                     raise self._repl_error()

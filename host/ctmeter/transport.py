@@ -22,6 +22,7 @@ from mpremote.transport import TransportError, TransportExecError
 from mpremote.transport_serial import SerialTransport
 
 from ctmeter.errors import CommandError
+from meter.board import RESTART_S, STOP_PREFIX  # the firmware's own stop line
 
 # Exit codes shared by the commands that talk to a board (documented in `ctmeter flash --help`).
 EXIT_USAGE = 2  # bad arguments or config, refused before touching the board
@@ -49,6 +50,22 @@ class DeviceError(CommandError):
 
     def __init__(self, message, hint=""):
         super().__init__(message, hint, EXIT_DEVICE)
+
+
+def stopped_error(port: str, line: str, earlier=(), secrets=()) -> DeviceError:
+    """The DeviceError for the meter's `ctmeter-stopped` line (meter.board.stopped): its
+    error, where the traceback printed before it says it was raised, and what to do."""
+    why = line[line.find(STOP_PREFIX) + len(STOP_PREFIX):].strip()
+    why = why.split(" (restart in ", 1)[0][:200]
+    where = [x.strip() for x in earlier if x.strip().startswith('File "')]
+    if where:
+        why += " at " + where[-1][5:]
+    for s in secrets:
+        why = why.replace(s, "***")
+    return DeviceError(f"the meter on {port} stopped: {why}",
+                       f"it restarts every {RESTART_S} s and stops the same way until the cause "
+                       f"is fixed; the whole traceback: python -m serial.tools.miniterm {port} "
+                       "115200")
 
 
 def classify(port: str, exc: BaseException) -> PortError:

@@ -126,7 +126,7 @@ class Meter:
                     # A failure in a rare path (a post, a flash file, a console command)
                     # must not stop the meter: counted in status, energy integrates on.
                     # The same failure in window after window is not rare: then the meter
-                    # stops (the watchdog restarts the board).
+                    # stops, its counters saved, and main.py restarts the board.
                     self.errors += 1
                     self.last_error = type(exc).__name__
                     self.hook = None

@@ -35,6 +35,11 @@ Interface (all boards):
     console_source()               object with any() -> bool and read1() -> int byte or -1
     reset()                        hard reset (power-on path: boot.py and main.py again)
     root                           directory holding config.json, counters, outbox
+
+And for main.py, usable when no board could be made:
+    board_module()                 this platform's board module, loaded first
+    stopped(exc)                   the meter could not start or stopped on an error: say
+                                   why (STOP_PREFIX line), restart the board RESTART_S later
 """
 
 import sys
@@ -42,6 +47,9 @@ import sys
 _TICKS_PERIOD = 1 << 30
 _TICKS_HALF = 1 << 29
 _CLOCK_VALID_AFTER = 1600000000  # 2020-09-13: a clock before this was never set
+HOLD_MIN = 15  # the watchdog is held off this long after Ctrl-C (deploys, mpremote sessions)
+STOP_PREFIX = "ctmeter-stopped "  # + "<error>: <message> (...)", printed by stopped()
+RESTART_S = 20  # stopped(): the wait before the restart (less than the watchdog's 30 s)
 
 
 def ticks_diff(a, b):
@@ -100,3 +108,35 @@ def make_board(channel_pins, voltage_pin=None, atten_db=11, sample_rate_hz=4000)
     from meter.board_unix import UnixBoard
 
     return UnixBoard(channel_pins, voltage_pin, atten_db, sample_rate_hz)
+
+
+def board_module():
+    """This platform's board module (meter.board_esp32 or meter.board_unix). main.py loads
+    it first, while the heap is empty: stopped() needs it when nothing else fits."""
+    if sys.platform == "esp32":
+        import meter.board_esp32 as mod
+    else:
+        import meter.board_unix as mod
+    return mod
+
+
+def stopped(exc, restart_s=RESTART_S):
+    """main.py's last resort: the meter could not start (out of memory, an ADC or flash that
+    fails) or stopped on an error. Prints the traceback and one STOP_PREFIX line saying why,
+    then restarts the board after restart_s (board_module().restart_later). Ctrl-C in that
+    time reaches the REPL (a deploy, someone at the console). Without this a meter that
+    fails before its watchdog is armed waits at the REPL until someone comes; after, it
+    tries again every restart_s."""
+    try:
+        sys.print_exception(exc)
+        print("%s%s: %s (restart in %d s, Ctrl-C for the REPL)"
+              % (STOP_PREFIX, type(exc).__name__, exc, restart_s))
+    except MemoryError:
+        pass  # the restart matters more than the words
+    try:
+        restart_later = board_module().restart_later
+    except MemoryError:  # main.py did not load it first: restart at once
+        import machine  # (the virtual chip's has reset() too)
+
+        machine.reset()
+    restart_later(restart_s)

@@ -12,11 +12,10 @@ import time
 
 import machine
 
-from meter.board import BoardBase
+from meter.board import HOLD_MIN, BoardBase
 from meter.paced import paced_read
 
 # MicroPython's epoch on the ESP32 port (time.gmtime(0)); 1970 on newer builds.
-_HOLD_MIN = 15  # watchdog held off this long after Ctrl-C (deploys, mpremote sessions)
 _EPOCH_OFFSET = 946684800 if time.gmtime(0)[0] == 2000 else 0
 
 
@@ -78,7 +77,7 @@ class Esp32Board(BoardBase):
     def wdt_start(self, timeout_ms):
         self._wdt = machine.WDT(timeout=timeout_ms)
 
-    def wdt_hold(self, minutes=_HOLD_MIN):
+    def wdt_hold(self, minutes=HOLD_MIN):
         # The meter was stopped on purpose (Ctrl-C: mpremote, a deploy). The ESP32's task
         # watchdog cannot be stopped, but a new WDT() reconfigures its timeout, and that
         # survives the soft resets mpremote does (a Timer feeding it would not: soft reset
@@ -125,3 +124,16 @@ class Esp32Board(BoardBase):
     # system
     def reset(self):
         machine.reset()
+
+
+def restart_later(seconds):
+    """meter.board.stopped on a chip: reset after `seconds`. Ctrl-C meanwhile reaches the
+    REPL with the watchdog set as by wdt_hold: one the meter armed must not reset the board
+    under a deploy, and a forgotten session (or a meter that failed before arming one) still
+    ends in the meter HOLD_MIN minutes later."""
+    try:
+        time.sleep(seconds)
+    except KeyboardInterrupt:
+        machine.WDT(timeout=HOLD_MIN * 60000)
+        raise
+    machine.reset()

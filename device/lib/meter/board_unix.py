@@ -214,3 +214,11 @@ class UnixBoard(BoardBase):
     # system
     def reset(self):
         sys.exit(RESET_EXIT_CODE)
+
+
+def restart_later(seconds):
+    """meter.board.stopped on the virtual board: wait (in real time only when the clock is,
+    as in `make sim`, where Ctrl-C then reaches the REPL as on a chip; otherwise briefly),
+    then reset."""
+    time.sleep(seconds if os.getenv("CTMETER_CLOCK") == "realtime" else 1)
+    sys.exit(RESET_EXIT_CODE)
