@@ -18,11 +18,11 @@ import errno
 from contextlib import contextmanager
 
 import serial
+from meter.board import RESTART_S, STOP_PREFIX  # the firmware's own stop line
 from mpremote.transport import TransportError, TransportExecError
 from mpremote.transport_serial import SerialTransport
 
 from ctmeter.errors import CommandError
-from meter.board import RESTART_S, STOP_PREFIX  # the firmware's own stop line
 
 # Exit codes shared by the commands that talk to a board (documented in `ctmeter flash --help`).
 EXIT_USAGE = 2  # bad arguments or config, refused before touching the board
