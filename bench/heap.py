@@ -11,7 +11,7 @@ name is interned, as meter.app does at start), drops them, then loads the reside
 and measures what each group of per-use modules adds on top of them (gc.mem_alloc() after a
 collection), dropping each group again. The interned-name table (qstr pools) is read from
 micropython.qstr_info(). Code only: the meter's data (window buffer, config, state) and the
-virtual chip's REPL are not in these figures; firmware() measures the whole firmware, as
+virtual chip itself are not in these figures; firmware() measures the whole firmware, as
 deployed, running on the virtual board.
 
 Unix: the deployed build (`ctmeter deploy` for the virtual board: bytecode, viper kernels as
@@ -244,7 +244,6 @@ def firmware(build_dir=None, timeout_s=120):
     cfg = meter_config(stream, {"device_id": "bench", "interval_s": 10,
                                 "console": {"mode": "json"},
                                 "http": {"enabled": True, "url": url, "token": "bench-token"}})
-    vb = None
     try:
         with tempfile.TemporaryDirectory() as tmp:
             flash = Path(tmp) / "flash"
@@ -253,20 +252,22 @@ def firmware(build_dir=None, timeout_s=120):
             (flash / "main.py").write_text(FIRMWARE_MAIN % {"windows": FIRMWARE_WINDOWS})
             vb = VirtualBoard(flash, StreamSource(stream), heapsize=FIRMWARE_HEAP,
                               firmware="flash").start()
-            fd = os.open(vb.port, os.O_RDWR | os.O_NOCTTY)
             out = b""
-            try:
-                end = time.monotonic() + timeout_s
-                while not re.search(rb"FIRMWARE \d+ \d+ \d+\r?\n", out):
-                    if time.monotonic() > end:
-                        raise HeapBenchError("the firmware did not finish: " + repr(out[-600:]))
-                    if select.select([fd], [], [], 0.2)[0]:
-                        out += os.read(fd, 65536)
+            try:  # the board stops before its flash folder goes
+                fd = os.open(vb.port, os.O_RDWR | os.O_NOCTTY)
+                try:
+                    end = time.monotonic() + timeout_s
+                    while not re.search(rb"FIRMWARE \d+ \d+ \d+\r?\n", out):
+                        if time.monotonic() > end:
+                            raise HeapBenchError("the firmware did not finish: "
+                                                 + repr(out[-600:]))
+                        if select.select([fd], [], [], 0.2)[0]:
+                            out += os.read(fd, 65536)
+                finally:
+                    os.close(fd)
             finally:
-                os.close(fd)
+                vb.stop()
     finally:
-        if vb is not None:
-            vb.stop()
         server.shutdown()
         server.server_close()
     text = out.decode(errors="replace")
@@ -309,7 +310,7 @@ def markdown(r):
         lines += [
             "",
             f"The whole firmware in use on the 64-bit port, as deployed ({fw['config']}; "
-            f"data, names and the virtual chip's REPL included; {fw['windows']} windows):",
+            f"data, names and the virtual chip itself (3.4 KB) included; {fw['windows']} windows):",
             "",
             "| | in use |",
             "|---|---|",

@@ -194,7 +194,7 @@ def heap_markdown(r):
         "What the firmware's code takes on the MicroPython heap (`bench/heap.py`): the "
         "resident modules, and what each per-use job loads on top of them (dropped after "
         "it); every name interned first, as the firmware does at start. Code only: the "
-        "meter's data and the virtual chip's REPL come on top (the second table). A "
+        "meter's data and the virtual chip itself come on top (the second table). A "
         "console line loads its parser, drops "
         "it, then loads the handlers and the answer's formatting (with, for `config set`, "
         "the config change). The 32-bit port (webassembly, from npm) "

@@ -21,7 +21,7 @@ CURRENT_PINS = (34, 35, 32, 33)
 VOLTAGE_PIN = 36
 
 # The firmware does not fit -X heapsize=64k on the 64-bit unix port yet: deployed as
-# bytecode it needs 112 KB there with one channel and HTTP (make bench, bench/heap_floor.py)
+# bytecode it needs 108-112 KB there with one channel and HTTP (make bench, bench/heap_floor.py)
 # and 128 KB for every console command with two channels (README, known gaps). Started from
 # the checkout, the virtual board also compiles the sources on the device: a larger heap.
 SIM_HEAP = "256k"

@@ -8,7 +8,8 @@
     board.stop()
 
 The chip is the MicroPython unix port running chip/chip.py in `flash_dir` (the simulated
-littlefs): boot.py, main.py, then a REPL that speaks mpremote's raw REPL. The supervisor
+littlefs): boot.py, main.py, then a REPL that speaks mpremote's raw REPL (chip/chip_repl.py,
+loaded only then: while the meter runs, the chip itself holds 3.4 KB of heap). The supervisor
 relays bytes between the pty and the chip's stdin/stdout, turns Ctrl-C into SIGINT (the
 chip's UART interrupt; sent while the chip waits in a system call, see _interrupt), and
 restarts the chip when it resets: hard reset (machine.reset(), the meter's `reboot`, a
