@@ -287,3 +287,66 @@ def test_command_names():
     assert command_name("config get wifi.ssid") == "config get"
     assert command_name("config") == "config"
     assert command_name("scope 1 100") == "scope"
+
+
+def test_reboot_opens_a_port_that_went_away_again(monkeypatch):
+    """A native-USB board (ESP32-S2/S3/C3/C6) re-enumerates when it resets: its port fails
+    under the link and comes back a moment later. reboot() opens it again and finds the
+    boot line there."""
+    class Vanishing(ScriptedPort):
+        def read(self, n):
+            if "reboot" in self.sent:
+                raise serial.SerialException("device reports readiness to read but "
+                                             "returned no data (device disconnected?)")
+            return super().read(n)
+
+    old = Vanishing(lambda line: b"")
+    link = MeterLink(old, "/dev/ttyACM0", timeout=10)
+    link._json = True
+    link.previous_mode = "human"
+
+    def back(line):
+        if line == "mode":
+            return b"mode: human\n"
+        if line == "mode json":
+            return b'{"ok": true, "cmd": "mode", "mode": "json"}\n'
+        if line == "status":
+            return b'{"ok": true, "cmd": "status", "boots": 8}\n'
+        return b""
+
+    new = ScriptedPort(back)
+    new.out += b"ets Jun  8 2016 00:22:57\r\nctmeter-boot {\"device\": \"x\", \"boots\": 8}\r\n"
+    opened = []
+
+    def serial_for_url(port, **kwargs):
+        opened.append(port)
+        if len(opened) < 3:  # not enumerated yet
+            raise serial.SerialException(f"could not open port {port}")
+        return new
+
+    monkeypatch.setattr(serial, "serial_for_url", serial_for_url)
+    boot = link.reboot(timeout=10)
+    assert boot == {"device": "x", "boots": 8}
+    assert opened == ["/dev/ttyACM0"] * 3 and old.closed
+    assert link.cmd("status") == {"boots": 8}  # JSON mode again, on the new port
+    link.close()
+    assert new.sent[-1] == "mode human" and new.closed
+
+
+def test_reboot_gives_up_when_the_port_stays_away(monkeypatch):
+    class Vanishing(ScriptedPort):
+        def read(self, n):
+            raise serial.SerialException("device disconnected")
+
+    link = MeterLink(Vanishing(lambda line: b""), "/dev/ttyACM0", timeout=1)
+    link._json = True
+
+    def never(port, **kwargs):
+        raise serial.SerialException(f"could not open port {port}")
+
+    monkeypatch.setattr(serial, "serial_for_url", never)
+    t0 = time.monotonic()
+    with pytest.raises(DeviceError) as err:
+        link.reboot(timeout=1.0)
+    assert "serial link to /dev/ttyACM0 lost" in str(err.value)
+    assert time.monotonic() - t0 < 5

@@ -336,16 +336,6 @@ def sync_files(transport, files: dict, progress=None) -> DeployResult:
 
 # -------------------------------------------------------------------------------- reset & wait
 
-def _reopen(port, deadline):
-    """After a reset, a native-USB board re-enumerates: open its port again."""
-    while time.monotonic() < deadline:
-        try:
-            return serial.serial_for_url(port, baudrate=115200, timeout=0.2, exclusive=True)
-        except (serial.SerialException, OSError):
-            time.sleep(0.3)
-    return None
-
-
 def reset_and_wait(transport, port: str, wait=True, timeout=30.0, secrets=()):
     """Hard-reset the board (machine.reset) and wait for the meter's `ctmeter-boot` line.
 
@@ -370,7 +360,7 @@ def reset_and_wait(transport, port: str, wait=True, timeout=30.0, secrets=()):
             chunk = ser.read(256)
         except (serial.SerialException, OSError):
             ser.close()
-            ser = _reopen(port, deadline)
+            ser = tp.reopen_serial(port, deadline)
             if ser is None:
                 break
             transport.serial = ser

@@ -69,6 +69,10 @@ class OutOfMemory(tp.DeviceError):
     """The meter dropped the command for lack of heap, every time it was sent."""
 
 
+class LinkLost(tp.DeviceError):
+    """The serial port failed under us (unplugged, or a native-USB board that reset)."""
+
+
 def command_name(line: str) -> str:
     """What a command is called in messages: `cal zero 0` -> "cal zero", `scope 0 9` ->
     "scope"; never an argument (it may be a password)."""
@@ -255,13 +259,23 @@ class MeterLink:
                 return msg
 
     def reboot(self, timeout: float | None = None) -> dict:
-        """Send `reboot`, wait for the meter's boot line (its JSON), and re-enter JSON mode."""
+        """Send `reboot`, wait for the meter's boot line (its JSON), and re-enter JSON mode.
+        A port that goes away meanwhile (a native-USB board re-enumerating) is opened again."""
         self._drain()
         self._send("reboot")
         seconds = self.timeout if timeout is None else float(timeout)
         deadline = time.monotonic() + seconds
         while True:
-            line = self._readline(deadline)
+            try:
+                line = self._readline(deadline)
+            except LinkLost:
+                # a native-USB board's port goes away while it resets: open it again
+                self._close_port()
+                self.ser = tp.reopen_serial(self.port, deadline, timeout=_READ_SLICE_S)
+                if self.ser is None:
+                    raise
+                self._buf.clear()
+                continue
             if line is None:
                 raise tp.DeviceError(f"no boot line from {self.port} within {seconds:g} s "
                                      "after `reboot`", "is the meter running?")
@@ -280,15 +294,15 @@ class MeterLink:
             self.ser.write(text.encode() + b"\r\n")
             self.ser.flush()
         except (OSError, serial.SerialException) as exc:
-            raise tp.DeviceError(f"serial link to {self.port} lost ({exc})",
-                                 "is the cable plugged in?") from exc
+            raise LinkLost(f"serial link to {self.port} lost ({exc})",
+                           "is the cable plugged in?") from exc
 
     def _read_some(self):
         try:
             return self.ser.read(max(1, self.ser.in_waiting))
         except (OSError, serial.SerialException) as exc:
-            raise tp.DeviceError(f"serial link to {self.port} lost ({exc})",
-                                 "is the cable plugged in?") from exc
+            raise LinkLost(f"serial link to {self.port} lost ({exc})",
+                           "is the cable plugged in?") from exc
 
     def _readline(self, deadline, progress=None, received=0):
         """The next complete line (stripped text) before `deadline`, or None."""
@@ -317,7 +331,7 @@ class MeterLink:
             try:
                 waiting = self.ser.in_waiting
             except (OSError, serial.SerialException) as exc:
-                raise tp.DeviceError(f"serial link to {self.port} lost ({exc})") from exc
+                raise LinkLost(f"serial link to {self.port} lost ({exc})") from exc
             if not waiting:
                 break
             self._buf += self._read_some()

@@ -15,6 +15,7 @@ not open; errors while talking to the board become DeviceError (EXIT_DEVICE).
 from __future__ import annotations
 
 import errno
+import time
 from contextlib import contextmanager
 
 import serial
@@ -84,6 +85,20 @@ def classify(port: str, exc: BaseException) -> PortError:
         return PortError(f"no permission to open {port}",
                          "add yourself to the dialout (or uucp) group and log in again")
     return PortError(f"cannot open {port}: {text}")
+
+
+def reopen_serial(port: str, deadline: float, baudrate: int = 115200,
+                  timeout: float | None = 0.2):
+    """After a reset, a native-USB board (ESP32-S2/S3/C3/C6 over its own USB) re-enumerates:
+    its port goes away and comes back. Open it again before `deadline` (time.monotonic()),
+    or None."""
+    while time.monotonic() < deadline:
+        try:
+            return serial.serial_for_url(port, baudrate=baudrate, timeout=timeout,
+                                         exclusive=True)
+        except (serial.SerialException, OSError):
+            time.sleep(0.3)
+    return None
 
 
 def open_serial(port: str, baudrate: int = 115200, timeout: float | None = 1.0,
