@@ -23,7 +23,6 @@ import time
 from decimal import Decimal
 
 import pytest
-import serial
 from ctmeter import deploy as api
 from ctmeter import transport as tp
 from ctmeter.boards import load_board
@@ -197,7 +196,7 @@ def test_a_reboot_keeps_the_energy_and_counts_a_boot(meter):
 
 
 def test_ctrl_c_gives_the_repl_and_a_reset_gives_the_meter_back(meter):
-    with serial.serial_for_url(meter.port, timeout=0.5) as ser:
+    with tp.open_serial(meter.port, timeout=0.5) as ser:  # as the host tools open it
         ser.write(b"\r\x03")
         time.sleep(1.0)
         ser.read(65536)
