@@ -211,3 +211,26 @@ def test_sim_without_stdin_runs_without_its_load_console():
     lines = queue.Queue()
     _read_lines(None, lines)
     assert lines.get_nowait() is None
+
+
+def test_sim_says_when_the_meter_cannot_start(tmp_path):
+    # a heap far too small for the firmware: the meter stops at start-up and restarts; the
+    # sim says why instead of showing nothing
+    proc = subprocess.run(
+        [sys.executable, "-m", "ctmeter", "sim", "--clock", "fast", "--duration", "4",
+         "--heap", "64k", "--no-collector", "--dir", str(tmp_path / "sim"), "--fresh"],
+        capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    stops = re.findall(r"ctmeter sim: the meter stopped: MemoryError: (.*)", proc.stdout)
+    assert len(stops) >= 2, proc.stdout  # once per restart, not once per poll
+    assert len(stops) <= 8, proc.stdout
+
+
+def test_sim_refuses_a_bad_heap_size(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "ctmeter", "sim", "--heap", "lots", "--duration", "1",
+         "--dir", str(tmp_path / "sim")],
+        capture_output=True, text=True, timeout=60)
+    assert proc.returncode == EXIT_USAGE
+    assert "--heap 'lots' is not a heap size" in proc.stderr
+    assert not (tmp_path / "sim").exists()  # refused before anything was made

@@ -36,6 +36,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from meter.board import STOP_PREFIX  # the firmware's own stop line
+
 from ctmeter.errors import CommandError
 from ctmeter.paths import ROOT
 from ctmeter.transport import EXIT_USAGE
@@ -185,6 +187,9 @@ def register(subparsers):
                    help="stop after this many seconds of wall time")
     p.add_argument("--seed", type=int, default=1, help="seed of the simulated household load")
     p.add_argument("--interval", type=int, default=10, help="reading interval (s)")
+    p.add_argument("--heap", default=None, metavar="SIZE",
+                   help="the virtual chip's MicroPython heap, e.g. 160k (default 256k: the "
+                        "firmware runs from source and is compiled on the chip)")
     p.add_argument("--load", default="profile", metavar="SPEC",
                    help="the simulated load at start: 2000W, 8.5A, 900W pf 0.7, off, or "
                         "profile (the household, default); change it later on stdin")
@@ -205,9 +210,31 @@ def _get(url, token):
         return json.loads(resp.read())
 
 
+def _heap(text):
+    """--heap as MicroPython's -X heapsize takes it (bytes, or with a k/m suffix)."""
+    if text is None:
+        from ctmeter.virtual.meter import SIM_HEAP
+
+        return SIM_HEAP
+    if not re.fullmatch(r"[1-9]\d{0,9}[km]?", text.strip().lower()):
+        raise CommandError(f"--heap {text!r} is not a heap size", "e.g. --heap 160k",
+                           EXIT_USAGE)
+    return text.strip().lower()
+
+
+def _stop_line(board):
+    """The virtual meter's last `ctmeter-stopped` line (meter.board.stopped), or None."""
+    text = board.transcript()
+    at = text.rfind(STOP_PREFIX)
+    if at < 0:
+        return None
+    return text[at + len(STOP_PREFIX):].split("\n", 1)[0].strip()
+
+
 def run(args):
     from ctmeter.virtual.meter import start_virtual_meter
 
+    heap = _heap(args.heap)  # refused before anything runs
     stream = _stream(args.seed)
     loads = LoadControl(stream)
     start_load = parse_load(args.load, stream.mains.nominal_v)  # refused before anything runs
@@ -238,7 +265,7 @@ def run(args):
         overrides["http"] = {"enabled": True, "token": device_token,
                              "url": f"{collector.url}/api/measurements"}
     board = start_virtual_meter(flash, stream, overrides, clock=args.clock,
-                                epoch=time.time())
+                                epoch=time.time(), heapsize=heap)
     print(f"ctmeter sim: virtual board on {board.port} (try: mpremote connect {board.port})",
           flush=True)
     if collector:
@@ -256,6 +283,7 @@ def run(args):
     lines = queue.Queue()
     threading.Thread(target=_read_lines, args=(sys.stdin, lines), daemon=True).start()
     seen = set()
+    shown_stop = None
     start = time.monotonic()
     next_poll = start + 1.0
     try:
@@ -279,6 +307,11 @@ def run(args):
             next_poll = time.monotonic() + 1.0
             if board.feed.error:
                 raise CommandError(f"sensor feed failed: {board.feed.error}")
+            stop = _stop_line(board)
+            if stop and (len(board.resets), stop) != shown_stop:
+                # the meter could not start (or stopped): say so once per start, not silence
+                shown_stop = (len(board.resets), stop)
+                print(f"ctmeter sim: the meter stopped: {stop}", flush=True)
             if not collector:
                 continue
             rows = _get(f"{collector.url}/api/measurements?deviceId={device_id}&limit=20", admin)
