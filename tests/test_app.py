@@ -49,6 +49,7 @@ class StandIn:
         self.fs = FlashFS(str(tmp_path))
         self.outbox_fs = self.fs.subdir("outbox")
         self.conf = conf
+        self.device = conf["device_id"]
         self.board = Board()
         self.store = Store()
         self.nchan = 1

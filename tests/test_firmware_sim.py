@@ -354,3 +354,37 @@ def test_https_with_its_ca_file_missing_is_refused_at_start_and_named(tmp_path):
     assert status["last_post"] == "none yet" and status["posts_failed"] == 0
     assert status["outbox"]["depth"] == 0  # no link: readings are not queued for ever
     assert float(read["ch1"]["energy_kwh"]) > 0
+
+
+def test_a_new_device_id_applies_to_readings_after_the_reboot_as_it_says(tmp_path):
+    # `config set device_id` answers "after reboot": the readings (like the MQTT topics made
+    # at start) keep the running name until then, and carry the new one after it
+    from ctmeter.meterlink import MeterLink
+
+    server, url = _receiver()
+    stream = Stream([Channel(Frontend("sct013-030", ideal=True), Resistive(watts=1000))],
+                    mains=Mains.clean(), sample_rate=4000, seed=4)
+    vb = start_virtual_meter(tmp_path / "flash", stream, {"device_id": "old-name",
+                                                          **_http(url)}, timelapse_s=9.8)
+    try:
+        with MeterLink.open(vb.port, timeout=60) as link:
+            wait_sim_time(vb, 60)
+            answer = link.cmd("config set device_id new-name")
+            assert answer == {"device_id": "new-name", "applies": "after reboot"}
+            before = len(server.state["received"])
+            wait_sim_time(vb, 200)
+            assert link.cmd("status")["device"] == "old-name"
+            between = server.state["received"][before:]
+            assert link.reboot()["device"] == "new-name"
+            assert link.cmd("status")["device"] == "new-name"
+            after = len(server.state["received"])
+            deadline = time.monotonic() + 60
+            while len(server.state["received"]) < after + 3:
+                assert time.monotonic() < deadline, "no readings after the reboot"
+                time.sleep(0.05)
+        time.sleep(0.3)
+    finally:
+        vb.stop()
+        server.shutdown()
+    assert len(between) >= 5 and {r["deviceId"] for r in between} == {"old-name"}
+    assert {r["deviceId"] for r in server.state["received"][after:]} == {"new-name"}

@@ -64,6 +64,9 @@ def setup(m, board, fs):
     m.fs = fs or FlashFS("/" if sys.platform == "esp32" else ".")
     cfg = modules.use("meter.config").Config(m.fs)
     m.conf = c = cfg.data  # the validated config (a dict; the module is dropped)
+    # the name the readings carry until the next start, as the MQTT topics made at start do
+    # (`config set device_id` applies after reboot)
+    m.device = c["device_id"]
     m.problems = list(cfg.problems)
     del cfg
     modules.drop("meter.config")

@@ -29,7 +29,7 @@ def status(m):
     gc.collect()  # heap figures of live data, not of garbage waiting for the next collection
     rate, late = b.sampling_stats()
     return {
-        "version": m.VERSION, "device": m.conf["device_id"],
+        "version": m.VERSION, "device": m.device,
         "uptime_s": m.uptime_ms // 1000, "heap_free": b.mem_free(),
         "heap_used": b.mem_alloc(),
         "wifi": b.wifi_status(), "wifi_retries": m.wifi_retries, "rssi": b.rssi(),

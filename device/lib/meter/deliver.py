@@ -55,7 +55,6 @@ def check_http(m):
 
 def readings(m):
     """One reading per channel for the interval that ended; sent, or kept in the outbox."""
-    c = m.conf
     ts = m.board.unix_time()
     out = []
     for i in range(m.nchan):
@@ -64,7 +63,7 @@ def readings(m):
             continue
         s = a.s / a.t
         p = a.p / a.t
-        out.append(reading.encode(c["device_id"], m.store.next_seq(), ts, i + 1,
+        out.append(reading.encode(m.device, m.store.next_seq(), ts, i + 1,
                                   math.sqrt(a.i2 / a.t), math.sqrt(a.v2 / a.t), p, s,
                                   p / s if s > 0 else 0.0, m.energy[i].mwh, a.f / a.t, a.t))
         a.reset()
