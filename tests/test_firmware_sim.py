@@ -1,8 +1,8 @@
 # SPDX-License-Identifier: MIT
 """The unmodified firmware on the virtual board, measuring the sensor model's streams.
 
-Console over the pty with pyserial (as the host tools do), readings over HTTP to a local
-receiver, truth from the model. Simulated time runs much faster than real time.
+The console through the host's own client (MeterLink, over the pty), readings over HTTP to
+a local receiver, truth from the model. Simulated time runs much faster than real time.
 """
 
 import json
@@ -11,38 +11,9 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-import serial
+from ctmeter.meterlink import MeterLink
 from ctmeter.model import Channel, Frontend, Inductive, Mains, Resistive, Stream
 from ctmeter.virtual.meter import start_virtual_meter
-
-
-class Console:
-    """JSON-mode console client over the virtual board's pty."""
-
-    def __init__(self, port):
-        self.ser = serial.Serial(port, timeout=0.2)
-        self.cmd("mode json")
-
-    def cmd(self, line, timeout=30):
-        self.ser.reset_input_buffer()
-        self.ser.write(line.encode() + b"\r\n")
-        deadline = time.monotonic() + timeout
-        buf = b""
-        while time.monotonic() < deadline:
-            buf += self.ser.read(4096)
-            for raw in buf.split(b"\n"):
-                raw = raw.strip()
-                if raw.startswith(b"{"):
-                    try:
-                        msg = json.loads(raw)
-                    except ValueError:
-                        continue
-                    if msg.get("cmd") == line.split()[0] or "error" in msg:
-                        return msg
-        raise AssertionError(f"no answer to {line!r}: {buf[-500:]!r}")
-
-    def close(self):
-        self.ser.close()
 
 
 def wait_sim_time(vb, seconds, timeout=120):
@@ -68,7 +39,7 @@ def resistive_meter(tmp_path):
 
 def test_meter_reads_model_truth_and_integrates_energy(resistive_meter):
     vb, stream = resistive_meter
-    con = Console(vb.port)
+    con = MeterLink.open(vb.port, timeout=60)
     try:
         wait_sim_time(vb, 1800)
         read = con.cmd("read")
@@ -90,7 +61,7 @@ def test_meter_reads_model_truth_and_integrates_energy(resistive_meter):
 
 def test_status_reports_duty_and_survives_power_cut(resistive_meter):
     vb, stream = resistive_meter
-    con = Console(vb.port)
+    con = MeterLink.open(vb.port, timeout=60)
     try:
         wait_sim_time(vb, 700)  # past the first 300 s persist
         status = con.cmd("status")
@@ -101,8 +72,8 @@ def test_status_reports_duty_and_survives_power_cut(resistive_meter):
         deadline = time.monotonic() + 30
         while len(vb.resets) < 1 and time.monotonic() < deadline:
             time.sleep(0.05)
-        time.sleep(1.0)
-        con.cmd("mode json")  # a reboot restores the configured console mode (human)
+        con.close()  # the link saw the meter restart: open it again, as a person would
+        con = MeterLink.open(vb.port, timeout=60)
         after = float(con.cmd("read")["ch1"]["energy_kwh"])
         status = con.cmd("status")
     finally:
@@ -199,7 +170,7 @@ def test_no_reading_carries_an_unset_clock(tmp_path, ntp):
                              timelapse_s=9.8, epoch=0,
                              extra_env={"CTMETER_NTP": "1" if ntp else "0"})
     try:
-        con = Console(vb.port)
+        con = MeterLink.open(vb.port, timeout=60)
         wait_sim_time(vb, 300)
         status = con.cmd("status")
         read = con.cmd("read")
@@ -228,7 +199,7 @@ def test_a_refused_reading_is_dropped_not_retried_for_ever(tmp_path):
     vb = start_virtual_meter(tmp_path / "flash", stream, {"device_id": "r1", **_http(url)},
                              timelapse_s=9.8)
     try:
-        con = Console(vb.port)
+        con = MeterLink.open(vb.port, timeout=60)
         wait_sim_time(vb, 600)
         server.state["down"] = True  # a backlog, so batches with refused readings are sent
         wait_sim_time(vb, 1200)
@@ -262,7 +233,7 @@ def test_wifi_drop_reconnects_with_backoff_and_delivers_the_backlog(tmp_path):
                               "wifi": {"ssid": "home", "password": "wifi-pass-1"}, **_http(url)},
                              timelapse_s=9.8, extra_env={"CTMETER_WIFI": str(ap)})
     try:
-        con = Console(vb.port)
+        con = MeterLink.open(vb.port, timeout=60)
         wait_sim_time(vb, 600)
         before = con.cmd("status")
         ap.write_text("down")
@@ -315,7 +286,7 @@ def test_duty_over_95_percent_posting_every_10_s_over_a_300_ms_link(tmp_path):
                     mains=Mains.clean(), sample_rate=4000, seed=4)
     vb = start_virtual_meter(tmp_path / "flash", stream, {"device_id": "d1", **_http(url)})
     try:
-        con = Console(vb.port)
+        con = MeterLink.open(vb.port, timeout=60)
         wait_sim_time(vb, 125, timeout=120)
         status = con.cmd("status")
         con.close()
@@ -340,7 +311,7 @@ def test_https_with_its_ca_file_missing_is_refused_at_start_and_named(tmp_path):
         "enabled": True, "url": "https://127.0.0.1:9/api", "token": "s3cret-token"},
         "tls": {"ca": "ca.pem"}}, timelapse_s=9.8)
     try:
-        con = Console(vb.port)
+        con = MeterLink.open(vb.port, timeout=60)
         wait_sim_time(vb, 120)
         status = con.cmd("status")
         read = con.cmd("read")
@@ -359,8 +330,6 @@ def test_https_with_its_ca_file_missing_is_refused_at_start_and_named(tmp_path):
 def test_a_new_device_id_applies_to_readings_after_the_reboot_as_it_says(tmp_path):
     # `config set device_id` answers "after reboot": the readings (like the MQTT topics made
     # at start) keep the running name until then, and carry the new one after it
-    from ctmeter.meterlink import MeterLink
-
     server, url = _receiver()
     stream = Stream([Channel(Frontend("sct013-030", ideal=True), Resistive(watts=1000))],
                     mains=Mains.clean(), sample_rate=4000, seed=4)

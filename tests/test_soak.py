@@ -32,10 +32,11 @@ import threading
 from http.server import ThreadingHTTPServer
 
 import pytest
+from ctmeter.meterlink import MeterLink
 from ctmeter.virtual.meter import StreamSource, deploy_to_flash, household_stream, meter_config
 from ctmeter.virtual.supervisor import VirtualBoard
 
-from tests.test_firmware_sim import Console, Receiver, wait_sim_time
+from tests.test_firmware_sim import Receiver, wait_sim_time
 
 SOAK_HEAP = "120k"
 DAYS = 7
@@ -58,7 +59,7 @@ def test_seven_days_heap_flat_and_kwh_on_truth(tmp_path):
                       extra_env={"CTMETER_HEAP_LOCK": "1"}).start()
     samples = []
     try:
-        con = Console(vb.port)
+        con = MeterLink.open(vb.port, timeout=60)
         for day in range(DAYS + 1):
             wait_sim_time(vb, max(600, day * 86400), timeout=300)
             st = con.cmd("status")
