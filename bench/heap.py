@@ -28,15 +28,14 @@ import select
 import shutil
 import subprocess
 import tempfile
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from ctmeter.paths import DEVICE_LIB, ROOT, micropython_binary
 from ctmeter.virtual.meter import deploy_to_flash
 
 from bench import kernels_bench
+from bench.heap_floor import start_receiver
 
 WASM_DIR = ROOT / "bench" / "wasm"
 GROUPS = (
@@ -218,26 +217,13 @@ print("FIRMWARE %%d %%d %%d" %% (low, high, m.posts_ok))
 """
 
 
-class _Receiver(BaseHTTPRequestHandler):
-    def do_POST(self):  # noqa: N802
-        self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        self.send_response(201)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, *args):
-        pass
-
-
 def firmware(build_dir=None, timeout_s=120):
     """Bytes in use by the whole firmware on the 64-bit unix port (virtual board)."""
     from ctmeter.model import Channel, Frontend, Mains, Resistive, Stream
     from ctmeter.virtual.meter import StreamSource, meter_config
     from ctmeter.virtual.supervisor import VirtualBoard
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}/api/measurements"
+    server, url = start_receiver()
     stream = Stream([Channel(Frontend("sct013-030", ideal=True), Resistive(watts=1150))],
                     mains=Mains.clean(), voltage=Frontend("zmpt101b", ideal=True),
                     sample_rate=4000, seed=1)

@@ -122,18 +122,24 @@ def _crash(text):
     return None
 
 
+def start_receiver():
+    """A local HTTP receiver answering 201 to every post (the seqs it got in .seqs):
+    (server, measurements URL). Shut it down with server.shutdown(); server_close()."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
+    server.daemon_threads = True
+    server.lock = threading.Lock()
+    server.seqs = set()
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}/api/measurements"
+
+
 def run_at(heap_kb, days=DAYS, build_dir=None):
     """None if the soak's meter ran `days` simulated days in a heap of heap_kb KB, else the
     first thing that went wrong (text)."""
     from ctmeter.virtual.meter import StreamSource, deploy_to_flash, household_stream, meter_config
     from ctmeter.virtual.supervisor import VirtualBoard
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
-    server.daemon_threads = True
-    server.lock = threading.Lock()
-    server.seqs = set()
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}/api/measurements"
+    server, url = start_receiver()
     stream = household_stream(days, seed=5, sample_rate=FS)
     config = meter_config(stream, {"device_id": "floor", "interval_s": 60,
                                    "console": {"mode": "json"},
