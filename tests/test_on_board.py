@@ -217,3 +217,17 @@ def test_diag_finds_no_failure(meter):
         report = diagnose(link, meter.board)
     assert report.version == VERSION
     assert report.worst != FAIL, report.lines()
+
+
+def test_make_test_board_selects_these_tests():
+    # `make test-board` runs `pytest -m board`: it once selected nothing and passed
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-m", "board"],
+                          capture_output=True, text=True, cwd=root, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-800:] + proc.stderr[-800:]
+    picked = [line for line in proc.stdout.splitlines() if "test_on_board.py::" in line]
+    assert len(picked) >= 9, proc.stdout[-800:]
