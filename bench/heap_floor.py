@@ -39,7 +39,7 @@ CEILING_KB = 160
 STEP_KB = 4
 DAYS = 2  # simulated days per run (a week takes ~45 s)
 RUNS = 2  # a size runs when it runs this many times in a row: at the edge a size may run
-# once and fail the next time (at 108 KB one week in three counted a MemoryError)
+# once and fail the next time (at 108 KB 3 weeks of 4 counted a MemoryError)
 FS = 4000
 _STATUS_TIMEOUT_S = 20.0
 _DAY_TIMEOUT_S = 120.0  # wall time allowed per simulated day (a day takes ~6 s here)

@@ -16,7 +16,7 @@ Measured with this config (one current channel, voltage, HTTP; `make bench`, hea
 KB = 1024 bytes): 84 KB in use after a collection between windows, 91 KB while `status` is
 answered (the command handlers and the answer's formatting are loaded for each line, the
 parser only while the line is read). Measured by shrinking SOAK_HEAP: 112 KB runs the
-week; 108 KB runs two days (bench/heap_floor.py) but in 2 of 4 weeks counted one
+week; 108 KB runs two days (bench/heap_floor.py) but in 3 of 4 weeks counted one
 MemoryError; at 104 KB the start-up runs out (it loads the HTTP client beside the start-up
 code to check the config). Until the HTTP client read the rest of an answer in small
 pieces, a week needed 128 KB: in a fragmented heap its 1 KB read buffer was not found and a

@@ -36,11 +36,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-from meter.board import STOP_PREFIX  # the firmware's own stop line
-
 from ctmeter.errors import CommandError
 from ctmeter.paths import ROOT
-from ctmeter.transport import EXIT_USAGE
+from ctmeter.transport import EXIT_USAGE, stop_reason
 
 LOAD_HELP = ("type `load 2000W`, `load 8.5A`, `load 900W pf 0.7`, `load off` or "
              "`load profile` (and Enter) to change the simulated load, `ref` for its true "
@@ -222,15 +220,6 @@ def _heap(text):
     return text.strip().lower()
 
 
-def _stop_line(board):
-    """The virtual meter's last `ctmeter-stopped` line (meter.board.stopped), or None."""
-    text = board.transcript()
-    at = text.rfind(STOP_PREFIX)
-    if at < 0:
-        return None
-    return text[at + len(STOP_PREFIX):].split("\n", 1)[0].strip()
-
-
 def run(args):
     from ctmeter.virtual.meter import start_virtual_meter
 
@@ -307,7 +296,7 @@ def run(args):
             next_poll = time.monotonic() + 1.0
             if board.feed.error:
                 raise CommandError(f"sensor feed failed: {board.feed.error}")
-            stop = _stop_line(board)
+            stop = stop_reason(board.transcript())
             if stop and (len(board.resets), stop) != shown_stop:
                 # the meter could not start (or stopped): say so once per start, not silence
                 shown_stop = (len(board.resets), stop)

@@ -19,7 +19,7 @@ import time
 from contextlib import contextmanager
 
 import serial
-from meter.board import RESTART_S, STOP_PREFIX  # the firmware's own stop line
+from meter.board import RESTART_S, STOP_NOTE, STOP_PREFIX  # the firmware's own stop line
 from mpremote.transport import TransportError, TransportExecError
 from mpremote.transport_serial import SerialTransport
 
@@ -53,11 +53,20 @@ class DeviceError(CommandError):
         super().__init__(message, hint, EXIT_DEVICE)
 
 
+def stop_reason(text: str) -> str | None:
+    """The error of the last `ctmeter-stopped` line in `text` (meter.board.stopped), without
+    its restart note, or None when there is none."""
+    at = text.rfind(STOP_PREFIX)
+    if at < 0:
+        return None
+    why = text[at + len(STOP_PREFIX):].split("\n", 1)[0].strip()
+    return why.split(STOP_NOTE.split("%", 1)[0], 1)[0][:200]
+
+
 def stopped_error(port: str, line: str, earlier=(), secrets=()) -> DeviceError:
     """The DeviceError for the meter's `ctmeter-stopped` line (meter.board.stopped): its
     error, where the traceback printed before it says it was raised, and what to do."""
-    why = line[line.find(STOP_PREFIX) + len(STOP_PREFIX):].strip()
-    why = why.split(" (restart in ", 1)[0][:200]
+    why = stop_reason(line) or ""
     where = [x.strip() for x in earlier if x.strip().startswith('File "')]
     if where:
         why += " at " + where[-1][5:]

@@ -48,7 +48,8 @@ _TICKS_PERIOD = 1 << 30
 _TICKS_HALF = 1 << 29
 _CLOCK_VALID_AFTER = 1600000000  # 2020-09-13: a clock before this was never set
 HOLD_MIN = 15  # the watchdog is held off this long after Ctrl-C (deploys, mpremote sessions)
-STOP_PREFIX = "ctmeter-stopped "  # + "<error>: <message> (...)", printed by stopped()
+STOP_PREFIX = "ctmeter-stopped "  # + "<error>: <message>" + STOP_NOTE, printed by stopped()
+STOP_NOTE = " (restart in %d s, Ctrl-C for the REPL)"
 RESTART_S = 20  # stopped(): the wait before the restart (less than the watchdog's 30 s)
 
 
@@ -129,8 +130,7 @@ def stopped(exc, restart_s=RESTART_S):
     tries again every restart_s."""
     try:
         sys.print_exception(exc)
-        print("%s%s: %s (restart in %d s, Ctrl-C for the REPL)"
-              % (STOP_PREFIX, type(exc).__name__, exc, restart_s))
+        print("%s%s: %s" % (STOP_PREFIX, type(exc).__name__, exc) + STOP_NOTE % restart_s)
     except MemoryError:
         pass  # the restart matters more than the words
     try:
