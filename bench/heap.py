@@ -217,8 +217,9 @@ print("FIRMWARE %%d %%d %%d" %% (low, high, m.posts_ok))
 """
 
 
-def firmware(build_dir=None, timeout_s=120):
-    """Bytes in use by the whole firmware on the 64-bit unix port (virtual board)."""
+def firmware(build_dir=None, timeout_s=120, romfs=False):
+    """Bytes in use by the whole firmware on the 64-bit unix port (virtual board); with
+    romfs=True deployed to the board's ROMFS partition (its code runs in place)."""
     from ctmeter.model import Channel, Frontend, Mains, Resistive, Stream
     from ctmeter.virtual.meter import StreamSource, meter_config
     from ctmeter.virtual.supervisor import VirtualBoard
@@ -233,11 +234,11 @@ def firmware(build_dir=None, timeout_s=120):
     try:
         with tempfile.TemporaryDirectory() as tmp:
             flash = Path(tmp) / "flash"
-            deploy_to_flash(flash, build_dir=build_dir)
+            deploy_to_flash(flash, build_dir=build_dir, romfs=romfs)
             (flash / "config.json").write_text(json.dumps(cfg))
             (flash / "main.py").write_text(FIRMWARE_MAIN % {"windows": FIRMWARE_WINDOWS})
             vb = VirtualBoard(flash, StreamSource(stream), heapsize=FIRMWARE_HEAP,
-                              firmware="flash").start()
+                              firmware="flash", romfs=romfs).start()
             out = b""
             try:  # the board stops before its flash folder goes
                 fd = os.open(vb.port, os.O_RDWR | os.O_NOCTTY)
@@ -263,6 +264,7 @@ def firmware(build_dir=None, timeout_s=120):
         raise HeapBenchError("unexpected output: " + text[-600:])
     status = json.loads(st.group(0))
     return {"config": "one current channel, voltage, HTTP", "windows": FIRMWARE_WINDOWS,
+            "code": "ROMFS" if romfs else "lib/ on the filesystem",
             "between_windows": {"min": int(m.group(1)), "max": int(m.group(2))},
             "answering_status": status["heap_used"], "posts_ok": int(m.group(3))}
 

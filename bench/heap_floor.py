@@ -133,9 +133,10 @@ def start_receiver():
     return server, f"http://127.0.0.1:{server.server_address[1]}/api/measurements"
 
 
-def run_at(heap_kb, days=DAYS, build_dir=None):
+def run_at(heap_kb, days=DAYS, build_dir=None, romfs=False):
     """None if the soak's meter ran `days` simulated days in a heap of heap_kb KB, else the
-    first thing that went wrong (text)."""
+    first thing that went wrong (text). romfs=True: deployed as a board with a ROMFS
+    partition gets it (lib/ in the ROM, run in place; ctmeter.romfs)."""
     from ctmeter.virtual.meter import StreamSource, deploy_to_flash, household_stream, meter_config
     from ctmeter.virtual.supervisor import VirtualBoard
 
@@ -148,9 +149,9 @@ def run_at(heap_kb, days=DAYS, build_dir=None):
     try:
         with tempfile.TemporaryDirectory() as tmp:
             flash = Path(tmp) / "flash"
-            deploy_to_flash(flash, config, build_dir=Path(tmp) / "build")
+            deploy_to_flash(flash, config, build_dir=Path(tmp) / "build", romfs=romfs)
             vb = VirtualBoard(flash, StreamSource(stream), clock="exact", timelapse_s=9.8,
-                              heapsize=f"{heap_kb}k", firmware="flash",
+                              heapsize=f"{heap_kb}k", firmware="flash", romfs=romfs,
                               extra_env={"CTMETER_HEAP_LOCK": "1"}).start()
             port = None
             try:  # the board stops before its flash folder goes (it writes until then)
@@ -200,20 +201,22 @@ def _run_until(vb, port, sim_s):
     return _crash(port.text) or f"simulated time did not reach {sim_s} s"
 
 
-def smallest(days=DAYS, low_kb=TARGET_KB, high_kb=CEILING_KB, step_kb=STEP_KB, runs_each=RUNS):
+def smallest(days=DAYS, low_kb=TARGET_KB, high_kb=CEILING_KB, step_kb=STEP_KB, runs_each=RUNS,
+             romfs=False):
     """The smallest size (KB, on the step grid) that runs `runs_each` times in a row, with
     what failed below it."""
     tried = {}
 
     def runs(kb):
         for _ in range(runs_each):
-            tried[kb] = run_at(kb, days)
+            tried[kb] = run_at(kb, days, romfs=romfs)
             if tried[kb] is not None:
                 return False
         return True
 
     out = {"days": days, "runs_each": runs_each, "step_kb": step_kb, "target_kb": TARGET_KB,
-           "config": "one current channel, voltage, HTTP every minute"}
+           "config": "one current channel, voltage, HTTP every minute",
+           "code": "ROMFS" if romfs else "lib/ on the filesystem"}
     if runs(low_kb):
         out.update(kb=low_kb, below=None)
     elif not runs(high_kb):

@@ -32,6 +32,7 @@ import serial
 from meter.board import STOP_PREFIX
 from meter.console import BOOT_PREFIX
 
+from ctmeter import romfs
 from ctmeter import transport as tp
 from ctmeter.errors import CommandError
 from ctmeter.paths import BUILD, DEVICE, VENDOR
@@ -56,6 +57,8 @@ class DeployResult:
     copied: list = field(default_factory=list)
     removed: list = field(default_factory=list)
     unchanged: list = field(default_factory=list)
+    rom: str | None = None  # ROMFS partition: "written", "unchanged", "erased" or None
+    boot: dict | None = None
     boot: dict | None = None
 
 
@@ -394,10 +397,13 @@ def reset_and_wait(transport, port: str, wait=True, timeout=30.0, secrets=()):
 
 
 def deploy(board, port: str, config: dict | None = None, wait=True, timeout=30.0,
-           progress=None, files: dict | None = None, connect_timeout=10.0) -> DeployResult:
+           progress=None, files: dict | None = None, connect_timeout=10.0,
+           romfs: bool = True) -> DeployResult:
     """Build (unless `files` given), connect, sync, write config, reset, wait for the boot line.
 
-    `progress(stage, done, total, name)` is called with stage "compile" or "copy".
+    `progress(stage, done, total, name)` is called with stage "compile" or "copy". When the
+    board's MicroPython has a ROMFS partition (and `romfs`), lib/ goes there as one image
+    (ctmeter.romfs) instead of to the filesystem: the code then runs from the flash.
     """
     if files is None:
         files = build(board, progress=progress)
@@ -408,6 +414,46 @@ def deploy(board, port: str, config: dict | None = None, wait=True, timeout=30.0
         for f in config_files(config):
             files[f.dest] = f
     with tp.connect(port, timeout=connect_timeout) as transport:
+        rom = _sync_rom(transport, files, romfs, progress)
         result = sync_files(transport, files, progress)
+        result.rom = rom
         result.boot = reset_and_wait(transport, port, wait, timeout, secrets_of(config))
     return result
+
+
+_OURS_IN_ROM = """\
+import os, vfs
+try:
+    os.stat('/rom/lib/meter')
+    try:
+        vfs.umount('/rom')
+    except OSError:
+        pass
+    vfs.rom_ioctl(3, 0, 1)
+    vfs.rom_ioctl(5, 0)
+    print('erased')
+except OSError:
+    pass
+"""
+
+
+def _sync_rom(transport, files: dict, use: bool, progress):
+    """Put lib/ in the board's ROMFS partition when it has one (and `use`), removing those
+    files from `files`. Returns "written", "unchanged", "erased" or None (no ROMFS used).
+    A ROMFS holding our modules that is not used is erased: /rom/lib comes first on the
+    board's sys.path, so its old modules would run instead of the new ones in lib/."""
+    size = romfs.partition_size(transport)
+    if size is None:
+        return None
+    if not use:
+        out = tp.run(transport, _OURS_IN_ROM, "erasing the ROMFS partition")
+        return "erased" if b"erased" in out else None
+    img = romfs.image(files)
+    for dest in [d for d in files if d.startswith(romfs.ROM_DIR)]:
+        del files[dest]
+    if romfs.holds(transport, img):
+        return "unchanged"
+    _report(progress, "romfs", 0, len(img), "lib/")
+    romfs.write(transport, img, size)
+    _report(progress, "romfs", len(img), len(img), "lib/")
+    return "written"

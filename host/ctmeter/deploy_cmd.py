@@ -45,6 +45,9 @@ def add_deploy_args(p):
                    help="do not wait for the meter's ctmeter-boot line after the reset")
     p.add_argument("--timeout", type=float, default=30.0,
                    help="seconds to wait for the boot line (default 30)")
+    p.add_argument("--no-romfs", action="store_true",
+                   help="copy lib/ to the filesystem even when the board's MicroPython has a "
+                        "ROMFS partition (by default lib/ goes there, and runs from the flash)")
 
 
 def register(subparsers):
@@ -105,6 +108,8 @@ def report(result, out=sys.stdout):
         print(f"  copied  {name}", file=out)
     for name in result.removed:
         print(f"  removed {name}", file=out)
+    if result.rom is not None:
+        print(f"  ROMFS   lib/ {result.rom}", file=out)
     if result.boot is not None:
         print(f"meter started: {json.dumps(result.boot, sort_keys=True)}", file=out)
 
@@ -114,7 +119,8 @@ def run(args):
     board = load_board(args.board)
     with progress_bars() as progress:
         result = api.deploy(board, args.port, config=config, wait=not args.no_wait,
-                            timeout=args.timeout, progress=progress)
+                            timeout=args.timeout, progress=progress,
+                            romfs=not args.no_romfs)
     report(result)
     return 0
 

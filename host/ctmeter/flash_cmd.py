@@ -50,7 +50,8 @@ def run(args):
                            baud=args.baud, erase=not args.no_erase,
                            deploy_after=not args.no_deploy, progress=progress, notify=notify,
                            deploy_kwargs={"config": config, "wait": not args.no_wait,
-                                          "timeout": args.timeout})
+                                          "timeout": args.timeout,
+                                          "romfs": not args.no_romfs})
     print(f"flashed {result.image.path.name} (sha256 {result.image.sha256}) to the "
           f"{result.chip} at {board.flash_offset_hex}")
     if result.deploy is not None:

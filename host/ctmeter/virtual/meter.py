@@ -57,15 +57,23 @@ def meter_config(stream, overrides=None):
     return cfg
 
 
-def deploy_to_flash(flash_dir, config=None, build_dir=None):
+def deploy_to_flash(flash_dir, config=None, build_dir=None, romfs=False):
     """Write into flash_dir what `ctmeter deploy` puts on the virtual board (mpy-cross
-    bytecode under lib/, boot.py, main.py), and config.json when `config` is given."""
+    bytecode under lib/, boot.py, main.py), and config.json when `config` is given. With
+    romfs=True lib/ goes as a ROMFS image into the board's ROM partition instead (as deploy
+    does for a board that has one: start the VirtualBoard with romfs=True)."""
+    from ctmeter import romfs as rom_image
     from ctmeter.boards import load_board
     from ctmeter.deploy import build
+    from ctmeter.virtual import rom_partition
 
     flash = Path(flash_dir)
     flash.mkdir(parents=True, exist_ok=True)
-    for dest, f in build(load_board("virtual"), out_dir=build_dir).items():
+    files = build(load_board("virtual"), out_dir=build_dir)
+    if romfs:
+        rom_partition.write_image(rom_partition.path_for(flash), rom_image.image(files))
+        files = {d: f for d, f in files.items() if not d.startswith(rom_image.ROM_DIR)}
+    for dest, f in files.items():
         path = flash / dest
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(f.data)

@@ -29,6 +29,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ctmeter.paths import DEVICE, micropython_binary, micropython_path
+from ctmeter.virtual import rom_partition
 from ctmeter.virtual.feed import SensorFeed
 
 CHIP_DIR = Path(__file__).with_name("chip")
@@ -67,7 +68,7 @@ def _stopped_in_syscall(pid):
 
 class VirtualBoard:
     def __init__(self, flash_dir, source, clock="fast", timelapse_s=0.0, heapsize="64k",
-                 epoch=None, extra_env=None, firmware="repo"):
+                 epoch=None, extra_env=None, firmware="repo", romfs=False):
         self.flash_dir = Path(flash_dir)
         self.flash_dir.mkdir(parents=True, exist_ok=True)
         self.source = source
@@ -82,6 +83,15 @@ class VirtualBoard:
         # copied to the flash if missing), for tests and `make sim`.
         # "flash": only what was deployed to the flash runs, as on a board (lib/ in the flash).
         self.firmware = firmware
+        # romfs=True: the chip has a ROMFS partition (rom_partition.py), as a MicroPython
+        # built with ROMFS has; `ctmeter deploy` then puts lib/ there. Kept in a file beside
+        # the flash folder (rom_partition.path_for), so it survives resets like the flash.
+        self.rom = None
+        if romfs:
+            if not rom_partition.available():
+                raise ValueError("a ROM partition needs the PyPI unix port (micropython_run) "
+                                 "in this Python, not MICROPYTHON=<binary>")
+            self.rom = rom_partition.path_for(self.flash_dir)
         self.port = None
         self._note = self.flash_dir.with_name(self.flash_dir.name + ".reset")
         self.resets = []  # exit codes of past chip runs
@@ -125,6 +135,8 @@ class VirtualBoard:
             for name in ("boot.py", "main.py"):
                 if not (self.flash_dir / name).exists() and (DEVICE / name).exists():
                     shutil.copy(DEVICE / name, self.flash_dir / name)
+        if self.rom is not None:
+            rom_partition.ensure(self.rom)
         self.feed = SensorFeed(self.source, str(self.flash_dir.parent)).start()
         self._spawn("power-on")
         for target in (self._pump_in, self._pump_out_supervise):
@@ -227,7 +239,8 @@ class VirtualBoard:
         # PyPI unix port boots a CPython first) is lost, as on a board still booting, instead
         # of killing it; MicroPython takes SIGINT over once chip.py runs. Its own session:
         # a terminal's Ctrl-C goes to the host program, not (unsafely, see _interrupt) to it.
-        cmd = ["/bin/sh", "-c", 'trap "" INT; exec "$@"', "chip", micropython_binary(),
+        mp = [micropython_binary()] if self.rom is None else rom_partition.command(self.rom)
+        cmd = ["/bin/sh", "-c", 'trap "" INT; exec "$@"', "chip", *mp,
                "-X", f"heapsize={self.heapsize}", str(CHIP_DIR / "chip.py"), mode]
         child = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                  stderr=subprocess.STDOUT, cwd=self.flash_dir, env=self._env(),

@@ -5,12 +5,20 @@
 #
 # Like a board: run boot.py, then main.py (not after a soft reset from the raw REPL),
 # then the REPL (chip_repl.py, loaded only then: a board's REPL takes none of its heap).
+# With a ROM partition (CTMETER_ROM), it is mounted at /rom first, as a ROMFS build does.
 # Ctrl-C arrives as SIGINT from the supervisor, i.e. as KeyboardInterrupt, never as a byte.
 import sys
+from os import getenv
 
 import sim_machine
 
 sys.modules["machine"] = sim_machine
+
+if getenv("CTMETER_ROM"):  # a ROMFS partition (rom_partition.py): mounted before boot.py
+    import sim_vfs
+
+    sys.modules["vfs"] = sim_vfs
+    sim_vfs.mount_rom(sys.path)
 
 _globals = {"__name__": "__main__"}
 
@@ -52,7 +60,7 @@ def _repl(raw):
         # The firmware left no room for it (a board's REPL is in C and needs none): drop
         # the firmware's modules from sys.modules (an import at the REPL loads them again).
         for name in list(sys.modules):
-            if name not in ("sim_machine", "machine"):
+            if name not in ("sim_machine", "machine", "sim_vfs", "vfs"):
                 del sys.modules[name]
         import gc
 
