@@ -27,24 +27,29 @@ import sys
 from meter import modules
 from meter.errors import PersistError
 
+try:
+    from micropython import const
+except ImportError:  # CPython
+    from meter.cpython_shims import const
+
 VERSION = "0.1.0"
 _MPY = sys.implementation.name == "micropython"
 # tick counters wrap at 2**30; written as a literal: 1 << 30 is a big int on the chip
-_TICKS_MASK = 0x3FFFFFFF
-_CLOCK_RETRY_MS = 30000  # NTP attempts while the clock is unset
-_MAX_FAILING = 20  # windows in a row that raise before the meter gives up or restarts (~4 s)
+_TICKS_MASK = const(0x3FFFFFFF)
+_CLOCK_RETRY_MS = const(30000)  # NTP attempts while the clock is unset
+_MAX_FAILING = const(20)  # windows in a row that raise before the meter gives up or restarts (~4 s)
 # Wi-Fi: checked every second; a link that is down gets a new connect after 5 s, then
 # after 10, 20, ... at most 5 min (a missing access point is not hammered). Each connect
 # returns at once (the driver connects in the background): sampling never waits for it.
-_WIFI_CHECK_MS = 1000
-_WIFI_RETRY_MIN_MS = 5000
-_WIFI_RETRY_MAX_MS = 300000
+_WIFI_CHECK_MS = const(1000)
+_WIFI_RETRY_MIN_MS = const(5000)
+_WIFI_RETRY_MAX_MS = const(300000)
 # Loaded for one job and dropped after it (meter.modules): delivery (readings, HTTP, the
 # outbox) runs once per interval, the config module at start and for console commands.
-_DELIVER = "meter.deliver"
-_BOOT = "meter.boot"  # the start-up (Meter.__init__, the top of Meter.run)
-_PER_DELIVERY = ("meter.deliver", "meter.reading", "meter.outbox", "meter.http_post")
-_PER_POSTER = ("meter.url", "meter.tlsca")  # shared with MQTT, which stays loaded
+_DELIVER = const("meter.deliver")
+_BOOT = const("meter.boot")  # the start-up (Meter.__init__, the top of Meter.run)
+_PER_DELIVERY = const(("meter.deliver", "meter.reading", "meter.outbox", "meter.http_post"))
+_PER_POSTER = const(("meter.url", "meter.tlsca"))  # shared with MQTT, which stays loaded
 _PER_COMMAND = ("meter.config", "meter.reading", "meter.jsontext")
 _PER_USE = ("meter.console_cmds", "meter.console_out", "meter.commands", "meter.config",
             "meter.config_check", "meter.jsontext") + _PER_DELIVERY + _PER_POSTER

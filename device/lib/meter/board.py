@@ -44,9 +44,14 @@ And for main.py, usable when no board could be made:
 
 import sys
 
-_TICKS_PERIOD = 1 << 30
-_TICKS_HALF = 1 << 29
-_CLOCK_VALID_AFTER = 1600000000  # 2020-09-13: a clock before this was never set
+try:
+    from micropython import const
+except ImportError:  # CPython
+    from meter.cpython_shims import const
+
+_TICKS_PERIOD = const(1 << 30)
+_TICKS_HALF = const(1 << 29)
+_CLOCK_VALID_AFTER = const(1600000000)  # 2020-09-13: a clock before this was never set
 HOLD_MIN = 15  # the watchdog is held off this long after Ctrl-C (deploys, mpremote sessions)
 STOP_PREFIX = "ctmeter-stopped "  # + "<error>: <message>" + STOP_NOTE, printed by stopped()
 STOP_NOTE = " (restart in %d s, Ctrl-C for the REPL)"

@@ -33,10 +33,15 @@ from meter.flashfs import FlashFS
 from meter.metering import WindowAccumulator
 from meter.persist import CounterStore
 
-_BUF_BYTES = 8192  # the window buffer: 10 cycles at 4 kHz of 5 inputs fit
-_CYCLES = 10  # mains cycles per window (fewer when fs * inputs would not fit the buffer)
-_LOWEST_HZ = 45
-_WDT_MS = 30000
+try:
+    from micropython import const
+except ImportError:  # CPython
+    from meter.cpython_shims import const
+
+_BUF_BYTES = const(8192)  # the window buffer: 10 cycles at 4 kHz of 5 inputs fit
+_CYCLES = const(10)  # mains cycles per window (fewer when fs * inputs would not fit the buffer)
+_LOWEST_HZ = const(45)
+_WDT_MS = const(30000)
 
 def _intern_names():
     """Load, once at start, each module that is otherwise loaded per use, and drop it.
@@ -99,7 +104,10 @@ def setup(m, board, fs):
     # the buffer holds one window of this config, not the largest any config needs
     frames = m.fs_hz * m.cycles // _LOWEST_HZ + 1
     m.buf_frames = min(cap, frames)
-    m.buf = array("H", bytes(2 * m.buf_frames * m.nch))
+    # from a range, not from bytes(...): that allocates the buffer twice over (a zeroed
+    # bytes, then the array copied from it), and in a tight heap the second 3.5 KB piece
+    # was what ran out (bench/heap_floor.py). The values are overwritten by the first burst.
+    m.buf = array("H", range(m.buf_frames * m.nch))
     # persistence: 4 ints per channel (energy counter state)
     m.store = CounterStore(m.fs, interval_s=c["persist_interval_s"])
     m.store.load(channels=4 * m.nchan, now_ms=m.board.ticks_ms())

@@ -21,6 +21,11 @@ from meter.calib import Calibration
 from meter.energy import EnergyCounter
 from meter.metering import rms_counts
 
+try:
+    from micropython import const
+except ImportError:  # CPython
+    from meter.cpython_shims import const
+
 CAL_WINDOWS = 25  # 5 s of 10-cycle windows at 50 Hz per calibration measurement
 
 
@@ -124,7 +129,7 @@ def config_get(m, key=None):
 # Read from the running config at each use, so a change applies from the next use: the
 # reading interval always, the HTTP endpoint while HTTP delivery is on (its poster is made
 # per delivery). Everything else is set up at start.
-_LIVE_HTTP = ("http.url", "http.token", "http.timeout_s", "http.path")
+_LIVE_HTTP = const(("http.url", "http.token", "http.timeout_s", "http.path"))
 
 
 def config_set(m, key, value):

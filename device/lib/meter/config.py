@@ -26,11 +26,16 @@ import json
 from meter import modules
 from meter.errors import ConfigError
 
+try:
+    from micropython import const
+except ImportError:  # CPython
+    from meter.cpython_shims import const
+
 CONFIG = "config.json"
 BACKUP = "config.json.bak"
 SECRETS = ("wifi.password", "http.token", "mqtt.password")
-_MAX_FILE = 8192
-_RULES = "meter.config_check"
+_MAX_FILE = const(8192)
+_RULES = const("meter.config_check")
 
 
 def _rules():

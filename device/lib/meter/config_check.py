@@ -9,7 +9,12 @@ import json
 from meter import modules
 from meter.config import SECRETS, ConfigError
 
-_ID_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-"
+try:
+    from micropython import const
+except ImportError:  # CPython
+    from meter.cpython_shims import const
+
+_ID_CHARS = const("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
 
 
 def defaults():
@@ -61,7 +66,7 @@ def _fail(key, rule, value=None):
 # Rules as data (one checker, no closures: RAM matters on the chip). A rule is a tuple:
 # (kind, a, b): int/num range a..b; str/id byte length a..b; choice with options a;
 # bool; url with schemes a; wpa; path; prefix; pin; burden; obj (calibration dict).
-_ID = "must be 1 to 32 characters from A-Z a-z 0-9 _ -"
+_ID = const("must be 1 to 32 characters from A-Z a-z 0-9 _ -")
 _RULES = {
     "device_id": ("id", 1, 32),
     "interval_s": ("int", 1, 3600),
@@ -84,7 +89,7 @@ _CHANNEL = {"pin": ("pin",), "sensor": ("str", 1, 32), "burden_ohm": ("burden",)
             "name": ("id", 1, 32), "calibration": ("obj",), "amps_per_count": ("scale",)}
 _VOLTAGE = {"pin": ("pin",), "sensor": ("str", 1, 32), "calibration": ("obj",),
             "volts_per_count": ("scale",)}
-_HEX = "0123456789abcdefABCDEF"
+_HEX = const("0123456789abcdefABCDEF")
 
 
 def _check(key, rule, v):

@@ -251,7 +251,7 @@ COMMANDS = (
     ("mode", (("mode", Choice("json", "human"), None),), "show or switch the output mode"),
 )
 
-_BUILTIN = ("help", "mode")
+_BUILTIN = const(("help", "mode"))
 
 
 def usage(name, args):

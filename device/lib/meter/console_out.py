@@ -14,10 +14,15 @@ runs (`config set` loads the config rules) the parser's code is not in the heap 
 
 import json
 
+try:
+    from micropython import const
+except ImportError:  # CPython
+    from meter.cpython_shims import const
+
 SECRET_WORDS = ("password", "passwd", "pass", "pwd", "secret", "token", "psk", "apikey",
                 "credential", "credentials", "authorization")
-_SECRET_EXACT = ("key", "auth")
-_MASK = "***"
+_SECRET_EXACT = const(("key", "auth"))
+_MASK = const("***")
 
 
 def is_secret_key(name):

@@ -25,12 +25,17 @@ import math
 
 from meter import reading
 
-_BACKOFF_MIN_MS = 2000
-_BACKOFF_MAX_MS = 300000
-_DRAIN_BATCHES = 4  # outbox batches per loop turn while draining (each costs a round trip)
-_BATCH = 8
+try:
+    from micropython import const
+except ImportError:  # CPython
+    from meter.cpython_shims import const
+
+_BACKOFF_MIN_MS = const(2000)
+_BACKOFF_MAX_MS = const(300000)
+_DRAIN_BATCHES = const(4)  # outbox batches per loop turn while draining (each costs a round trip)
+_BATCH = const(8)
 # HTTP answers that refuse the reading itself: resending cannot help
-_REJECTED = (400, 413, 422)
+_REJECTED = const((400, 413, 422))
 
 
 def poster(m):

@@ -19,8 +19,13 @@ the word size. Negative power (export) is counted separately in export_mwh.
 
 from meter.errors import EnergyError
 
+try:
+    from micropython import const
+except ImportError:  # CPython
+    from meter.cpython_shims import const
+
 Q_BITS = 24
-_SCALE = 16777216.0  # 2**Q_BITS as a float: multiplying by it is exact
+_SCALE = const(16777216.0)  # 2**Q_BITS as a float: multiplying by it is exact
 UNIT = 3600000 * 16777216  # 2**-24 W*us per mWh
 MAX_POWER_W = 1.0e7  # a sanity bound: 10 MW on one channel is a bug, not a load
 STATE_VERSION = 1

@@ -19,8 +19,13 @@ so nothing here relies on one: callers make their formats robust to torn writes 
 
 import os
 
-_ENOENT = 2
-_DIR_BIT = 0x4000  # S_IFDIR in st_mode
+try:
+    from micropython import const
+except ImportError:  # CPython
+    from meter.cpython_shims import const
+
+_ENOENT = const(2)
+_DIR_BIT = const(0x4000)  # S_IFDIR in st_mode
 
 
 class FlashFS:

@@ -13,24 +13,29 @@ block, so Home Assistant groups the sensors under one device. `channels` are the
 appear in the readings' "channel" field.
 """
 
+try:
+    from micropython import const
+except ImportError:  # CPython
+    from meter.cpython_shims import const
+
 
 class DiscoveryError(ValueError):
     pass
 
 
 # object id, reading field, name, unit, device_class, state_class; per channel
-_SENSORS = (
+_SENSORS = const((
     ("current", "current", "Current", "A", "current", "measurement"),
     ("power", "power", "Power", "W", "power", "measurement"),
     ("apparent_power", "apparentPower", "Apparent power", "VA", "apparent_power", "measurement"),
     ("power_factor", "powerFactor", "Power factor", None, "power_factor", "measurement"),
     ("energy", "energyKwh", "Energy", "kWh", "energy", "total_increasing"),
-)
+))
 # once per device, from the first channel's readings
-_DEVICE_SENSORS = (
+_DEVICE_SENSORS = const((
     ("voltage", "voltage", "Voltage", "V", "voltage", "measurement"),
     ("frequency", "frequency", "Frequency", "Hz", "frequency", "measurement"),
-)
+))
 
 
 def check_id(text, what="device id"):

@@ -12,11 +12,16 @@ Loaded per console command (meter.modules) and dropped after it.
 
 import json
 
-_MAX_DEPTH = 8  # deeper than any config or calibration value; bounds the recursion
-_WS = " \t\n\r"
-_DIGITS = "0123456789"
-_HEX = "0123456789abcdefABCDEF"
-_ESCAPES = '"\\/bfnrt'
+try:
+    from micropython import const
+except ImportError:  # CPython
+    from meter.cpython_shims import const
+
+_MAX_DEPTH = const(8)  # deeper than any config or calibration value; bounds the recursion
+_WS = const(" \t\n\r")
+_DIGITS = const("0123456789")
+_HEX = const("0123456789abcdefABCDEF")
+_ESCAPES = const('"\\/bfnrt')
 
 
 def loads(text):

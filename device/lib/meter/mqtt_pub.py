@@ -47,6 +47,11 @@ except ImportError:  # CPython imports this module for discovery_configs (tests,
     def ticks_add(a, b):
         return a + b
 
+try:
+    from micropython import const
+except ImportError:  # CPython
+    from meter.cpython_shims import const
+
 
 REFUSED = "refused"
 TIMEOUT = "timeout"
@@ -57,7 +62,7 @@ NETWORK = "network"
 REJECTED = "rejected"  # CONNACK with an error code, e.g. bad credentials
 BACKOFF = "backoff"
 CONFIG = "config"
-_CONNECT = "connect"
+_CONNECT = const("connect")
 
 class MqttError(OSError):
     """A connect or publish that did not complete. `kind` says why. An OSError, like the

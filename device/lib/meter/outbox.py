@@ -45,8 +45,8 @@ SEG_RECORDS = const(64)
 MAX_SEGMENTS = const(40)
 MAX_RECORD = const(400)
 _FRAME = const(10)  # 8 hex digits, space, newline
-_HEAD = "head"
-_SUFFIX = ".seg"
+_HEAD = const("head")
+_SUFFIX = const(".seg")
 
 
 def _seg_name(n):

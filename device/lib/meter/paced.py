@@ -19,8 +19,13 @@ try:
 except ImportError:  # CPython: the same body runs through the shims
     from meter.cpython_shims import micropython, ptr16, ptr32  # noqa: F401
 
-_MASK = 0x3FFFFFFF
-_HALF = 0x20000000
+try:
+    from micropython import const
+except ImportError:  # CPython
+    from meter.cpython_shims import const
+
+_MASK = const(0x3FFFFFFF)
+_HALF = const(0x20000000)
 
 
 @micropython.viper

@@ -11,8 +11,13 @@ file as "invalid cert". Raises CaError (a ValueError) on a missing or unusable C
 (ntptime) before the first handshake on a board: certificate validity is checked against it.
 """
 
-_BEGIN = b"-----BEGIN CERTIFICATE-----"
-_END = b"-----END CERTIFICATE-----"
+try:
+    from micropython import const
+except ImportError:  # CPython
+    from meter.cpython_shims import const
+
+_BEGIN = const(b"-----BEGIN CERTIFICATE-----")
+_END = const(b"-----END CERTIFICATE-----")
 
 
 class CaError(ValueError):

@@ -9,8 +9,13 @@ Raises UrlError (a ValueError) with a message that never repeats a password. Pur
 under CPython and MicroPython.
 """
 
+try:
+    from micropython import const
+except ImportError:  # CPython
+    from meter.cpython_shims import const
+
 _DEFAULT_PORTS = {"http": 80, "https": 443, "mqtt": 1883, "mqtts": 8883}
-_TLS = ("https", "mqtts")
+_TLS = const(("https", "mqtts"))
 
 
 class UrlError(ValueError):
