@@ -258,6 +258,8 @@ def firmware(build_dir=None, timeout_s=120, romfs=False):
         server.shutdown()
         server.server_close()
     text = out.decode(errors="replace")
+    if os.getenv("HEAPDIAG"):
+        print(text)
     m = re.search(r"^FIRMWARE (\d+) (\d+) (\d+)", text, re.M)
     st = re.search(r'^\{.*"cmd": "status".*\}$', text, re.M)
     if not (m and st):
@@ -270,7 +272,7 @@ def firmware(build_dir=None, timeout_s=120, romfs=False):
 
 
 def run():
-    out = {"unix": unix(), "firmware": firmware()}
+    out = {"unix": unix(), "firmware": firmware(), "firmware_romfs": firmware(romfs=True)}
     try:
         out["wasm"] = wasm()
     except HeapBenchError as exc:  # recorded, not raised: the unix figures still count
@@ -292,18 +294,23 @@ def markdown(r):
     cells = [f"{r[k]['names']['bytes'] / 1024:.1f} KB ({r[k]['names']['count']} names)"
              for k in ports]
     lines.append("| interned names (all modules) | " + " | ".join(cells) + " |")
-    fw = r.get("firmware")
-    if fw:
-        lo, hi = fw["between_windows"]["min"], fw["between_windows"]["max"]
+    fws = [f for f in (r.get("firmware"), r.get("firmware_romfs")) if f]
+    if fws:
+        fw = fws[0]
         lines += [
             "",
             f"The whole firmware in use on the 64-bit port, as deployed ({fw['config']}; "
-            f"data, names and the virtual chip itself (3.4 KB) included; {fw['windows']} windows):",
+            f"data, names and the virtual chip itself (3.4 KB) included; {fw['windows']} "
+            "windows), with its modules on the filesystem (loaded into the heap) and in a "
+            "ROMFS partition (run in place, `ctmeter deploy` on a board that has one):",
             "",
-            "| | in use |",
-            "|---|---|",
-            f"| between windows, after a collection | {lo / 1024:.1f}-{hi / 1024:.1f} KB |",
-            f"| while `status` is answered | {fw['answering_status'] / 1024:.1f} KB |",
+            "| | " + " | ".join(f.get("code", "lib/ on the filesystem") for f in fws) + " |",
+            "|---" * (len(fws) + 1) + "|",
+            "| between windows, after a collection | " + " | ".join(
+                f"{f['between_windows']['min'] / 1024:.1f}-"
+                f"{f['between_windows']['max'] / 1024:.1f} KB" for f in fws) + " |",
+            "| while `status` is answered | " + " | ".join(
+                f"{f['answering_status'] / 1024:.1f} KB" for f in fws) + " |",
         ]
     if "wasm" in r and "error" in r["wasm"]:
         lines += ["", "32-bit port not measured: " + r["wasm"]["error"]]

@@ -238,7 +238,9 @@ def markdown(r):
     if r.get("kb") is None:
         return (f"The soak's meter ({r['config']}) did not run {r['days']} simulated days "
                 f"in any size tried, up to {r['below']['kb']} KB: {r['below']['failure']}.")
-    text = (f"Smallest heap that runs the soak's meter ({r['config']}; heap-locked sampling) "
+    where = "in a ROMFS partition" if r.get("code") == "ROMFS" else "on the filesystem"
+    text = (f"Smallest heap that runs the soak's meter ({r['config']}; heap-locked sampling; "
+            f"modules {where}) "
             f"for {r['days']} simulated days, {r.get('runs_each', 1)} runs in a row, searched in "
             f"{r['step_kb']} KB steps "
             f"(`bench/heap_floor.py`): **{r['kb']} KB** (the issue's target: "

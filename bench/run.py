@@ -204,8 +204,9 @@ def heap_markdown(r):
         "",
         heap.markdown(r),
     ]
-    if r.get("floor"):
-        lines += ["", heap_floor.markdown(r["floor"])]
+    for key in ("floor", "floor_romfs"):
+        if r.get(key):
+            lines += ["", heap_floor.markdown(r[key])]
     return "\n".join(lines)
 
 
@@ -335,17 +336,20 @@ def main(argv=None):
         mp = subprocess.run([micropython_binary(), "-c", "import sys; print(sys.version)"],
                             capture_output=True, text=True).stdout.strip()
         results["heap"] = dict(heap.run(), machine=m, micropython=mp,
-                               floor=heap_floor.smallest())
+                               floor=heap_floor.smallest(),
+                               floor_romfs=heap_floor.smallest(romfs=True))
         h = results["heap"]
         print("heap (KB, 64-bit): " + ", ".join(
             f"{k} {v / 1024:.1f}" for k, v in h["unix"]["groups"].items()), flush=True)
-        fw = h["firmware"]
-        lo, hi = fw["between_windows"]["min"] / 1024, fw["between_windows"]["max"] / 1024
-        print(f"firmware in use (KB, 64-bit): between windows {lo:.1f}-{hi:.1f}, "
-              f"answering status {fw['answering_status'] / 1024:.1f}", flush=True)
-        fl = h["floor"]
-        print(f"smallest heap for {fl['days']} simulated days: {fl['kb']} KB (tried: "
-              + ", ".join(f"{k}: {v}" for k, v in fl["tried"].items()) + ")", flush=True)
+        for fw in (h["firmware"], h["firmware_romfs"]):
+            lo, hi = fw["between_windows"]["min"] / 1024, fw["between_windows"]["max"] / 1024
+            print(f"firmware in use (KB, 64-bit, {fw['code']}): between windows "
+                  f"{lo:.1f}-{hi:.1f}, answering status {fw['answering_status'] / 1024:.1f}",
+                  flush=True)
+        for fl in (h["floor"], h["floor_romfs"]):
+            print(f"smallest heap for {fl['days']} simulated days ({fl['code']}): {fl['kb']} "
+                  "KB (tried: " + ", ".join(f"{k}: {v}" for k, v in fl["tried"].items()) + ")",
+                  flush=True)
         if "error" in h["wasm"]:
             print("heap 32-bit: not measured: " + h["wasm"]["error"], flush=True)
     if "ingest" in sections:
