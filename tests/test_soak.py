@@ -39,12 +39,15 @@ from ctmeter.virtual.supervisor import VirtualBoard
 from tests.test_firmware_sim import Receiver, wait_sim_time
 
 SOAK_HEAP = "120k"
+ROMFS_HEAP = "88k"  # modules in a ROMFS partition (run in place): see the docstring
 DAYS = 7
 FS = 4000
 
 
 @pytest.mark.slow
-def test_seven_days_heap_flat_and_kwh_on_truth(tmp_path):
+@pytest.mark.parametrize("romfs, heap", [(False, SOAK_HEAP), (True, ROMFS_HEAP)],
+                         ids=["lib", "romfs"])
+def test_seven_days_heap_flat_and_kwh_on_truth(tmp_path, romfs, heap):
     server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
     server.state = {"down": False, "received": []}
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -53,9 +56,9 @@ def test_seven_days_heap_flat_and_kwh_on_truth(tmp_path):
     config = meter_config(stream, {"device_id": "soak", "interval_s": 60,
                                    "http": {"enabled": True, "url": url,
                                             "token": "s3cret-token"}})
-    deploy_to_flash(tmp_path / "flash", config, build_dir=tmp_path / "build")
+    deploy_to_flash(tmp_path / "flash", config, build_dir=tmp_path / "build", romfs=romfs)
     vb = VirtualBoard(tmp_path / "flash", StreamSource(stream), clock="exact", timelapse_s=9.8,
-                      heapsize=SOAK_HEAP, firmware="flash",
+                      heapsize=heap, firmware="flash", romfs=romfs,
                       extra_env={"CTMETER_HEAP_LOCK": "1"}).start()
     samples = []
     try:
