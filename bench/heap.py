@@ -300,7 +300,8 @@ def markdown(r):
         lines += [
             "",
             f"The whole firmware in use on the 64-bit port, as deployed ({fw['config']}; "
-            f"data, names and the virtual chip itself (3.4 KB) included; {fw['windows']} "
+            f"data, names and the virtual chip itself (3.7 KB, 5.2 with a ROM partition) "
+            f"included; {fw['windows']} "
             "windows), with its modules on the filesystem (loaded into the heap) and in a "
             "ROMFS partition (run in place, `ctmeter deploy` on a board that has one):",
             "",
