@@ -296,3 +296,59 @@ def test_a_graceful_stop_lets_the_meter_save_its_energy(tmp_path):
     shown2, saved2 = run_and_stop(graceful=False)
     assert shown2 > saved + 0.05  # it carried on from the saved counter ...
     assert saved2 == pytest.approx(saved, abs=1e-9)  # ... and a power cut saved nothing new
+
+
+WORLD_MAIN = """
+import os
+from array import array
+from meter.board_unix import UnixBoard
+b = UnixBoard([34], None, 11, 1000)
+buf = array('H', range(100))
+b.sleep_ms(%d)
+b.read_frames(buf, 0, 100)
+print('WORLD', b.unix_time(), b.ticks_ms())
+try:
+    os.stat('once')
+except OSError:
+    open('once', 'w').close()
+    import machine
+    machine.reset()
+"""
+
+
+def _read_until(fd, seconds, count):
+    out, end = b"", time.monotonic() + seconds
+    while time.monotonic() < end and out.count(b"WORLD") < count:
+        if select.select([fd], [], [], 0.05)[0]:
+            out += os.read(fd, 4096)
+    return out
+
+
+@pytest.mark.parametrize("how", ["reset", "power_cut"])
+def test_a_reset_does_not_rewind_the_world(tmp_path, how):
+    """After a reset (or a power cut) the chip's run starts where the world was: the sensor
+    feed and the wall clock go on from the last sample taken; the ticks start again."""
+    flash = tmp_path / "flash"
+    flash.mkdir()
+    (flash / "main.py").write_text(WORLD_MAIN % 60000)
+    if how == "power_cut":
+        (flash / "once").write_text("")  # main.py does not reset by itself
+    vb = VirtualBoard(flash, FlatSource(), epoch=1_700_000_000).start()
+    fd = os.open(vb.port, os.O_RDWR | os.O_NOCTTY)
+    try:
+        out = _read_until(fd, 15, 1)
+        frames_before = vb.feed.last_frame
+        if how == "power_cut":
+            vb.power_cut()
+        out += _read_until(fd, 15, 2 - out.count(b"WORLD"))
+    finally:
+        os.close(fd)
+        vb.stop()
+    runs = [(int(t), int(k)) for t, k in re.findall(rb"WORLD (\d+) (\d+)", out)]
+    assert len(runs) == 2, out
+    (t1, k1), (t2, k2) = runs
+    # each run sleeps 60 s, then reads 0.1 s of samples: the second starts after the first
+    assert t1 >= 1_700_000_060 and t2 >= t1 + 60, runs
+    assert 60000 <= k1 < 61000 and 60000 <= k2 < 61000, runs  # ticks count from each start
+    assert frames_before >= 60100 and vb.feed.last_frame >= frames_before + 60100, (
+        frames_before, vb.feed.last_frame)  # frames at 1 kHz

@@ -17,6 +17,9 @@ Environment (set by the host's virtual-board runner, host/ctmeter/virtual/):
                         with an unset clock, as a board after a power cut
     CTMETER_NTP         "1": sync_clock() succeeds (sets the clock to the host's time), as
                         NTP would; otherwise an unset clock stays unset
+    CTMETER_SIM_START_NS simulated time (ns) at which this run of the chip starts: where
+                        the previous run left the world (a reset does not rewind the load
+                        or the wall clock); 0 at the first power-on
 
 Feed protocol (allocation-free on this side): request = struct '<QI' (first frame index,
 frame count); response = count * nch little-endian uint16 codes, frame-major. The frame
@@ -24,8 +27,9 @@ index is simulated time * sample rate, so the model knows what the ADC would see
 
 The simulated clock advances by the samples taken, plus the real time the firmware spends
 between bursts (network, console, computing) so that slow I/O costs sampling time as it
-would on a chip. Ticks wrap every 2**30 µs like the chip's, and start one minute before a
-wrap so wrap handling is exercised in every run.
+would on a chip. Ticks count from this run's start (a reset restarts them, as on a chip),
+wrap every 2**30 µs like the chip's, and start one minute before a wrap so wrap handling
+is exercised in every run.
 """
 
 import os
@@ -85,7 +89,7 @@ class UnixBoard(BoardBase):
         self._epoch_s = int(epoch) if epoch is not None and epoch != "" else int(time.time())
         # simulated clock: _sim_ns at real time _sync_us (time.ticks_us: time.time_ns()
         # allocates a big int on this port, and the sampling path must allocate nothing)
-        self._sim_ns = 0
+        self._sim_ns = self._boot_ns = int(os.getenv("CTMETER_SIM_START_NS") or 0)
         self._sync_us = time.ticks_us()
         self._sampled_frames = 0
         self._late_max_us = 0
@@ -111,10 +115,10 @@ class UnixBoard(BoardBase):
         self._sync_us = now
 
     def ticks_us(self):
-        return (_TICKS_START_US + self._now_ns() // 1000) & _MASK
+        return (_TICKS_START_US + (self._now_ns() - self._boot_ns) // 1000) & _MASK
 
     def ticks_ms(self):
-        return (self._now_ns() // 1000000) & _MASK
+        return ((self._now_ns() - self._boot_ns) // 1000000) & _MASK
 
     def unix_time(self):
         return self._epoch_s + self._now_ns() // 1000000000

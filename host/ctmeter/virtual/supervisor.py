@@ -137,6 +137,8 @@ class VirtualBoard:
                     shutil.copy(DEVICE / name, self.flash_dir / name)
         if self.rom is not None:
             rom_partition.ensure(self.rom)
+        if self.epoch is None:
+            self.epoch = time.time()
         self.feed = SensorFeed(self.source, str(self.flash_dir.parent)).start()
         self._spawn("power-on")
         for target in (self._pump_in, self._pump_out_supervise):
@@ -229,8 +231,11 @@ class VirtualBoard:
         env["CTMETER_RESET_NOTE"] = str(self._note)
         env["CTMETER_CLOCK"] = self.clock
         env["CTMETER_TIMELAPSE_S"] = str(self.timelapse_s)
-        if self.epoch is not None:
-            env["CTMETER_EPOCH"] = str(int(self.epoch))
+        # the wall clock at the first power-on (now, unless given): runs on across resets
+        env["CTMETER_EPOCH"] = str(int(self.epoch))
+        last = self.feed.last_frame
+        if last is not None:  # a restart: the world goes on from the last sample taken
+            env["CTMETER_SIM_START_NS"] = str(last * 1000000000 // self.source.sample_rate_hz)
         env.update(self.extra_env)
         return env
 
