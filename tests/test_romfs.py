@@ -10,6 +10,7 @@ partition (ctmeter.virtual.rom_partition: a file mapped into the chip's memory, 
 
 import hashlib
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -153,5 +154,40 @@ def test_a_board_without_romfs_gets_lib_on_its_filesystem(built, tmp_path):
         assert hashlib.sha256((flash / "lib/meter/app.mpy").read_bytes()).hexdigest() == \
             built["lib/meter/app.mpy"].sha256
         assert not rom_partition.path_for(flash).exists()
+    finally:
+        vb.stop()
+
+
+def test_mpremote_romfs_cli_sees_the_partition_and_the_image(built, tmp_path):
+    """The chip's rom_ioctl as mpremote's own CLI expects it: `romfs query` before and
+    after a deploy, `romfs deploy` of an image built by `romfs build`."""
+    import sys
+
+    mpremote = str(Path(sys.executable).with_name("mpremote"))
+    vb = VirtualBoard(tmp_path / "flash", FlatSource(), firmware="flash", heapsize=HEAP,
+                      romfs=True).start()
+
+    def run(*args):
+        proc = subprocess.run([mpremote, "connect", vb.port, *args], capture_output=True,
+                              text=True, timeout=60)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        return proc.stdout
+
+    src = tmp_path / "src"
+    (src / "lib").mkdir(parents=True)
+    (src / "lib" / "hello.py").write_text("print('from rom')\n")
+    try:
+        before = run("romfs", "query")
+        assert f"ROMFS0 partition has size {rom_partition.SIZE} bytes" in before
+        assert "Not a valid ROMFS" in before
+        run("romfs", "-o", str(tmp_path / "img.romfs"), "--no-mpy", "build", str(src))
+        run("romfs", "deploy", str(tmp_path / "img.romfs"))
+        after = run("romfs", "query")
+        img = (tmp_path / "img.romfs").read_bytes()
+        assert "Raw contents: " + img[:12].hex(":") in after, after  # what was built
+        assert "ROMFS image size: " in after and "Not a valid" not in after
+        run("reset")  # mounted at the next start, /rom/lib first on sys.path
+        time.sleep(1.0)
+        assert run("exec", "import hello").strip() == "from rom"
     finally:
         vb.stop()
