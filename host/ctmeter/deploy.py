@@ -59,7 +59,6 @@ class DeployResult:
     unchanged: list = field(default_factory=list)
     rom: str | None = None  # ROMFS partition: "written", "unchanged", "erased" or None
     boot: dict | None = None
-    boot: dict | None = None
 
 
 def _sha(data: bytes) -> str:

@@ -49,8 +49,8 @@ try:
 except ImportError:  # CPython
     from meter.cpython_shims import const
 
-_MASK = (1 << 30) - 1
-_TICKS_START_US = (1 << 30) - 60000000
+_MASK = const((1 << 30) - 1)
+_TICKS_START_US = const((1 << 30) - 60000000)
 _STAGE = const(512)  # feed bytes read at once (the rest of a burst in further reads)
 RESET_EXIT_CODE = 99
 
