@@ -226,6 +226,25 @@ def test_sim_says_when_the_meter_cannot_start(tmp_path):
     assert len(stops) <= 8, proc.stdout
 
 
+@pytest.mark.parametrize("romfs", [False, True], ids=["source", "romfs"])
+def test_sim_with_romfs_runs_in_a_heap_too_small_for_the_sources(tmp_path, romfs):
+    """--romfs: the modules run in place from the partition; in 96 KB the meter then reads,
+    while from the sources (compiled on the chip) it cannot start in 96 KB."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "ctmeter", "sim", "--clock", "fast", "--duration", "5",
+         "--heap", "96k", "--http", "127.0.0.1:0", "--dir", str(tmp_path / "sim"), "--fresh",
+         *(["--romfs"] if romfs else [])],
+        capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    readings = re.findall(r"reading seq=(\d+) ch1 ([\d.]+) A", proc.stdout)
+    stops = re.findall(r"ctmeter sim: the meter stopped: MemoryError", proc.stdout)
+    if romfs:
+        assert len(readings) >= 3 and not stops, proc.stdout[-800:]
+        assert (tmp_path / "sim" / "flash.romfs").read_bytes()[:3] == b"\xd2\xcd\x31"
+    else:
+        assert stops and not readings, proc.stdout[-800:]
+
+
 def test_sim_refuses_a_bad_heap_size(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "ctmeter", "sim", "--heap", "lots", "--duration", "1",

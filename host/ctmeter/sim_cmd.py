@@ -188,6 +188,10 @@ def register(subparsers):
     p.add_argument("--heap", default=None, metavar="SIZE",
                    help="the virtual chip's MicroPython heap, e.g. 160k (default 256k: the "
                         "firmware runs from source and is compiled on the chip)")
+    p.add_argument("--romfs", action="store_true",
+                   help="give the board a ROMFS partition holding this checkout's modules, "
+                        "compiled, as `ctmeter deploy` puts them on a board that has one: they "
+                        "run in place, so the meter fits a smaller heap (e.g. --heap 96k)")
     p.add_argument("--load", default="profile", metavar="SPEC",
                    help="the simulated load at start: 2000W, 8.5A, 900W pf 0.7, off, or "
                         "profile (the household, default); change it later on stdin")
@@ -224,6 +228,12 @@ def run(args):
     from ctmeter.virtual.meter import start_virtual_meter
 
     heap = _heap(args.heap)  # refused before anything runs
+    if args.romfs:
+        from ctmeter.virtual import rom_partition
+
+        if not rom_partition.available():
+            raise CommandError("--romfs needs the PyPI MicroPython unix port in this Python",
+                               "unset MICROPYTHON", EXIT_USAGE)
     stream = _stream(args.seed)
     loads = LoadControl(stream)
     start_load = parse_load(args.load, stream.mains.nominal_v)  # refused before anything runs
@@ -254,7 +264,7 @@ def run(args):
         overrides["http"] = {"enabled": True, "token": device_token,
                              "url": f"{collector.url}/api/measurements"}
     board = start_virtual_meter(flash, stream, overrides, clock=args.clock,
-                                epoch=time.time(), heapsize=heap)
+                                epoch=time.time(), heapsize=heap, romfs=args.romfs)
     print(f"ctmeter sim: virtual board on {board.port} (try: mpremote connect {board.port})",
           flush=True)
     if collector:

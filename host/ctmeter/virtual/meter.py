@@ -93,10 +93,20 @@ def household_stream(days, seed=5, sample_rate=4000):
 
 
 def start_virtual_meter(flash_dir, stream, overrides=None, clock="fast", timelapse_s=0.0,
-                        heapsize=SIM_HEAP, epoch=None, write_config=True, extra_env=None):
+                        heapsize=SIM_HEAP, epoch=None, write_config=True, extra_env=None,
+                        romfs=False):
     flash = Path(flash_dir)
     flash.mkdir(parents=True, exist_ok=True)
     if write_config:
         (flash / "config.json").write_text(json.dumps(meter_config(stream, overrides), indent=1))
+    if romfs:  # this checkout's modules, compiled, in the board's ROMFS partition
+        from ctmeter import romfs as rom_image
+        from ctmeter.boards import load_board
+        from ctmeter.deploy import build
+        from ctmeter.virtual import rom_partition
+
+        rom_partition.write_image(rom_partition.path_for(flash),
+                                  rom_image.image(build(load_board("virtual"))))
     return VirtualBoard(flash, StreamSource(stream), clock=clock, timelapse_s=timelapse_s,
-                        heapsize=heapsize, epoch=epoch, extra_env=extra_env).start()
+                        heapsize=heapsize, epoch=epoch, extra_env=extra_env,
+                        romfs=romfs).start()
