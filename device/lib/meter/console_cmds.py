@@ -100,115 +100,127 @@ def parse_float(s):
     return v
 
 
-class Int:
-    def __init__(self, lo, hi):
-        self.lo, self.hi = lo, hi
+# Argument types. One class whose `kind` says how to parse, and a factory per type (the
+# names the command table and Console.register use): on the device every class costs ~350
+# bytes of heap and this module is loaded for every console line, where functions cost a
+# third of that.
+class _Arg:
+    rest = False  # takes the rest of the line (must come last)
+
+    def __init__(self, kind, a=None, b=None, c=False):
+        self.kind, self.a, self.b, self.c = kind, a, b, c
 
     def parse(self, s, con):
-        v = parse_int(s)
-        if v < self.lo or v > self.hi:
-            raise ConsoleError("must be %d..%d" % (self.lo, self.hi))
-        return v
+        k = self.kind
+        if k == "int":
+            v = parse_int(s)
+            if v < self.a or v > self.b:
+                raise ConsoleError("must be %d..%d" % (self.a, self.b))
+            return v
+        if k == "float":
+            v = parse_float(s)
+            if v > self.b or v < self.a or (self.c and v == self.a):
+                raise ConsoleError(
+                    "must be %s %g and <= %g" % (">" if self.c else ">=", self.a, self.b))
+            return v
+        if k == "channel":
+            n = con.inputs if self.c else con.channels
+            if not _is_digits(s) or len(s) > 3:
+                raise ConsoleError("not a channel number")
+            v = int(s)
+            if v >= n:
+                raise ConsoleError("no channel %d (channels: 0..%d)" % (v, n - 1))
+            return v
+        if k == "choice":
+            if s not in self.a:
+                raise ConsoleError("must be one of " + "|".join(self.a))
+            return s
+        if k == "key":
+            return _parse_key(s)
+        if k == "kwh":
+            return _parse_kwh(s, self.a)
+        if k == "json":
+            return _parse_json_object(s)
+        return s  # text: as typed (inner spaces kept)
 
 
-class Float:
-    def __init__(self, lo, hi, lo_open=False):
-        self.lo, self.hi, self.lo_open = lo, hi, lo_open
-
-    def parse(self, s, con):
-        v = parse_float(s)
-        if v > self.hi or v < self.lo or (self.lo_open and v == self.lo):
-            raise ConsoleError(
-                "must be %s %g and <= %g" % (">" if self.lo_open else ">=", self.lo, self.hi)
-            )
-        return v
+def Int(lo, hi):  # noqa: N802 - a type in the command table
+    return _Arg("int", lo, hi)
 
 
-class Channel:
+def Float(lo, hi, lo_open=False):  # noqa: N802
+    return _Arg("float", lo, hi, lo_open)
+
+
+def Channel(inputs=False):  # noqa: N802
     """A current channel (0..channels-1), or any ADC input if `inputs` (incl. voltage)."""
-
-    def __init__(self, inputs=False):
-        self.inputs = inputs
-
-    def parse(self, s, con):
-        n = con.inputs if self.inputs else con.channels
-        if not _is_digits(s) or len(s) > 3:
-            raise ConsoleError("not a channel number")
-        v = int(s)
-        if v >= n:
-            raise ConsoleError("no channel %d (channels: 0..%d)" % (v, n - 1))
-        return v
+    return _Arg("channel", c=inputs)
 
 
-class Choice:
-    def __init__(self, *options):
-        self.options = options
-
-    def parse(self, s, con):
-        if s not in self.options:
-            raise ConsoleError("must be one of " + "|".join(self.options))
-        return s
+def Choice(*options):  # noqa: N802
+    return _Arg("choice", options)
 
 
-class Key:
+def Key():  # noqa: N802
     """A config key: lowercase letter, then letters, digits, _ or . (at most 48)."""
-
-    def parse(self, s, con):
-        ok = 0 < len(s) <= _KEY_LEN and "a" <= s[0] <= "z"
-        if ok:
-            for c in s:
-                if not ("a" <= c <= "z" or "0" <= c <= "9" or c == "_" or c == "."):
-                    ok = False
-                    break
-        if not ok:
-            raise ConsoleError("not a config key")
-        return s
+    return _Arg("key")
 
 
-class Kwh:
+def Kwh(hi_kwh=1000000000):  # noqa: N802
     """Energy in kWh as an exact decimal (<= 6 decimals) -> integer milliwatt-hours."""
-
-    def __init__(self, hi_kwh=1000000000):
-        self.hi = hi_kwh
-
-    def parse(self, s, con):
-        whole, frac = s, ""
-        if "." in s:
-            whole, frac = s.split(".", 1)
-        ok = (whole or frac) and (not whole or _is_digits(whole))
-        if not ok or (frac and not _is_digits(frac)) or len(whole) > 12:
-            raise ConsoleError("not a kWh value (like 1234.5)")
-        if len(frac) > 6:
-            raise ConsoleError("at most 6 decimals (1 mWh)")
-        mwh = int(whole or "0") * 1000000 + (int(frac + "000000"[len(frac):]) if frac else 0)
-        if mwh > self.hi * 1000000:
-            raise ConsoleError("must be <= %d kWh" % self.hi)
-        return mwh
+    return _Arg("kwh", hi_kwh)
 
 
-class Text:
+def Text():  # noqa: N802
     """The rest of the line, as typed (inner spaces kept)."""
-
-    rest = True
-
-    def parse(self, s, con):
-        return s
+    t = _Arg("text")
+    t.rest = True
+    return t
 
 
-class JsonObject:
+def JsonObject():  # noqa: N802
     """The rest of the line as a JSON object with finite numbers, nested at most 4 deep."""
+    t = _Arg("json")
+    t.rest = True
+    return t
 
-    rest = True
 
-    def parse(self, s, con):
-        try:  # strict JSON: MicroPython's json.loads makes {} of '{"gain": }'
-            v = modules.use("meter.jsontext").loads(s)
-        except ValueError as exc:  # includes CPython's JSONDecodeError
-            raise ConsoleError("not valid JSON: %s" % exc) from None
-        if not isinstance(v, dict):
-            raise ConsoleError("expected a JSON object {...}")
-        _check_json(v, 0)
-        return v
+def _parse_key(s):
+    ok = 0 < len(s) <= _KEY_LEN and "a" <= s[0] <= "z"
+    if ok:
+        for c in s:
+            if not ("a" <= c <= "z" or "0" <= c <= "9" or c == "_" or c == "."):
+                ok = False
+                break
+    if not ok:
+        raise ConsoleError("not a config key")
+    return s
+
+
+def _parse_kwh(s, hi):
+    whole, frac = s, ""
+    if "." in s:
+        whole, frac = s.split(".", 1)
+    ok = (whole or frac) and (not whole or _is_digits(whole))
+    if not ok or (frac and not _is_digits(frac)) or len(whole) > 12:
+        raise ConsoleError("not a kWh value (like 1234.5)")
+    if len(frac) > 6:
+        raise ConsoleError("at most 6 decimals (1 mWh)")
+    mwh = int(whole or "0") * 1000000 + (int(frac + "000000"[len(frac):]) if frac else 0)
+    if mwh > hi * 1000000:
+        raise ConsoleError("must be <= %d kWh" % hi)
+    return mwh
+
+
+def _parse_json_object(s):
+    try:  # strict JSON: MicroPython's json.loads makes {} of '{"gain": }'
+        v = modules.use("meter.jsontext").loads(s)
+    except ValueError as exc:  # includes CPython's JSONDecodeError
+        raise ConsoleError("not valid JSON: %s" % exc) from None
+    if not isinstance(v, dict):
+        raise ConsoleError("expected a JSON object {...}")
+    _check_json(v, 0)
+    return v
 
 
 def _check_json(v, depth):
