@@ -20,7 +20,7 @@ the week, 108 KB is the edge (two days ran twice in one search and counted Memor
 the next; 3 of 4 weeks counted one); at 104 KB the start-up runs out. Modules in a ROMFS
 partition (run in place from the flash, as `ctmeter deploy` does on a board with one;
 the virtual board's partition: ctmeter.virtual.rom_partition): 59 KB in use, 64 KB
-answering `status`; 80 KB runs the week, 76 KB runs out at the first `status`. Each
+answering `status`; 80 KB runs the week, in 76 KB the first `status` or a delivery runs out. Each
 parametrization keeps 8 KB above the smallest size that ran the week. What stays in the
 heap is listed in the README (Known gaps); the gap is recorded in the firmware issue.
 """
