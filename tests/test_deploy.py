@@ -15,7 +15,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import serial
 from ctmeter import deploy as api
@@ -23,6 +22,8 @@ from ctmeter.boards import load_board
 from ctmeter.errors import CommandError
 from ctmeter.transport import EXIT_DEVICE, EXIT_PORT, EXIT_TIMEOUT, EXIT_USAGE
 from ctmeter.virtual.supervisor import VirtualBoard
+
+from tests.test_virtual_board import FlatSource  # a flat 2048-code input at 1 kHz
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = str(ROOT / ".venv" / "bin" / "python")
@@ -35,14 +36,6 @@ if not Path(PY).exists():
 HEAP = "256k"
 WIFI_PASSWORD = "correct-horse-battery"
 TOKEN = "tok-9f8e7d6c5b4a"
-
-
-class FlatSource:
-    nch = 1
-    sample_rate_hz = 1000
-
-    def frames(self, k0, n):
-        return np.full((n, 1), 2048, dtype=np.uint16)
 
 
 def run_cli(*args, timeout=120):

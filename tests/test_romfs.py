@@ -13,7 +13,6 @@ import subprocess
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 from ctmeter import deploy as api
 from ctmeter import romfs
@@ -22,18 +21,12 @@ from ctmeter.paths import micropython_binary
 from ctmeter.virtual import rom_partition
 from ctmeter.virtual.supervisor import VirtualBoard
 
+from tests.test_virtual_board import FlatSource  # a flat 2048-code input at 1 kHz
+
 pytestmark = pytest.mark.skipif(not rom_partition.available(),
                                 reason="MICROPYTHON is a separate binary: no ROM partition")
 
 HEAP = "256k"
-
-
-class FlatSource:
-    nch = 1
-    sample_rate_hz = 1000
-
-    def frames(self, k0, n):
-        return np.full((n, 1), 2048, dtype=np.uint16)
 
 
 @pytest.fixture(scope="module")

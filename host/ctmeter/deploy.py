@@ -5,6 +5,7 @@
     cfg = make_config(None, {"wifi.ssid": "home", ...})     # validated, or CommandError
     result = deploy(board, "/dev/ttyUSB0", config=cfg)    # -> DeployResult
     result.copied, result.removed, result.unchanged, result.boot   # boot: the ctmeter-boot JSON
+    result.rom      # "written"/"unchanged"/"erased": lib/ in the board's ROMFS, or None
 
 What goes to the board: device/boot.py and device/main.py as .py; every device/lib/**.py and the
 vendored build/vendor/**.py (umqtt.simple) compiled with `mpy-cross -march=<board arch>` into
@@ -14,7 +15,8 @@ snippet (hashlib.sha256 + binascii) hashes our files on the device. Files of our
 longer built (listed in the previous deploy's ctmeter-files.json, or any other file in lib/
 folders that only deploy fills, like a stale .py that would shadow its .mpy) are removed.
 Every file is written to `<name>.tmp` and renamed over the old one. Secrets in the config are
-never printed.
+never printed. On a board whose MicroPython has a ROMFS partition, lib/ goes there instead, as
+one image (ctmeter.romfs; --no-romfs keeps it on the filesystem).
 """
 
 from __future__ import annotations
