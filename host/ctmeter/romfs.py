@@ -55,17 +55,18 @@ def image(files: dict) -> bytes:
 
 
 _QUERY = """\
-import vfs
 try:
+    import vfs
     print(len(vfs.rom_ioctl(2, 0)) if vfs.rom_ioctl(1) > 0 else -1)
-except (AttributeError, TypeError):
+except (ImportError, AttributeError, TypeError):
     print(-1)
 """
 
 
 def partition_size(transport) -> int | None:
     """The size of the board's first ROMFS partition, or None when its MicroPython has none
-    (no vfs.rom_ioctl, as in the standard ESP32 builds, or no partition)."""
+    (no vfs module, as before 1.23; no vfs.rom_ioctl, as in the standard ESP32 builds; no
+    partition; or one served as a block device rather than memory: then lib/ is copied)."""
     out = tp.run(transport, _QUERY, "looking for a ROMFS partition").decode().strip()
     try:
         size = int(out.splitlines()[-1])
