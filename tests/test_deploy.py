@@ -20,6 +20,7 @@ import serial
 from ctmeter import deploy as api
 from ctmeter.boards import load_board
 from ctmeter.errors import CommandError
+from ctmeter.paths import micropython_binary
 from ctmeter.transport import EXIT_DEVICE, EXIT_PORT, EXIT_TIMEOUT, EXIT_USAGE
 from ctmeter.virtual.supervisor import VirtualBoard
 
@@ -237,6 +238,23 @@ def test_build_uses_board_arch(name, arch_code):
     assert mpy[:2] == b"M\x06" and mpy[2] >> 2 == arch_code
     assert files["main.py"].data == (ROOT / "device" / "main.py").read_bytes()
     assert "lib/umqtt/simple.mpy" in files
+
+
+def test_compiled_modules_name_themselves_by_module_name(tmp_path):
+    # a traceback names the module ("meter.boom"), not its path: the board interns the
+    # module name anyway, the path would be one more name per module, kept for good
+    (tmp_path / "dev" / "lib" / "meter").mkdir(parents=True)
+    (tmp_path / "dev" / "lib" / "meter" / "__init__.py").write_text("")
+    (tmp_path / "dev" / "lib" / "meter" / "boom.py").write_text("\n\ndef f():\n    1 / 0\n")
+    api.build(load_board("virtual"), tmp_path / "out", tmp_path / "dev", tmp_path / "none")
+    proc = subprocess.run([micropython_binary(), "-c", "import meter.boom; meter.boom.f()"],
+                          env={"MICROPYPATH": str(tmp_path / "out" / "lib")},
+                          capture_output=True, text=True, timeout=30)
+    assert 'File "meter.boom", line 4, in f' in proc.stdout + proc.stderr
+    firmware = api.build(load_board("esp32"))
+    for dest, built in firmware.items():
+        if dest.endswith(".mpy"):
+            assert b"lib/" not in built.data, dest
 
 
 def test_build_refuses_code_mpy_cross_rejects(tmp_path):
