@@ -178,7 +178,7 @@ class Meter:
         b = self.board
         acc = self.acc
         self.last_raw = [acc.raw_sums(c) for c in range(self.nch)]
-        results = acc.finish(self.fs_hz)
+        results = acc.finish(self.fs_hz, self.last)  # overwrites the last window's
         now = b.ticks_us()
         dt_us = b.ticks_diff(now, self._window_end_us)
         self._window_end_us = now
