@@ -64,8 +64,21 @@ def _intern_names():
     gc.collect()
 
 
+def _window_buffer(m):
+    # The largest block the meter keeps (3.5 KB for a channel and voltage at 4 kHz): made
+    # first, in a heap that the names and the per-use modules have not yet cut into pieces
+    # (bench/heap_floor.py: made after them, it was what a small heap could not find).
+    cap = _BUF_BYTES // (2 * m.nch)
+    m.cycles = max(1, min(_CYCLES, cap * _LOWEST_HZ // m.fs_hz))
+    # the buffer holds one window of this config, not the largest any config needs
+    frames = m.fs_hz * m.cycles // _LOWEST_HZ + 1
+    m.buf_frames = min(cap, frames)
+    # from a range, not from bytes(...): that allocates the buffer twice over (a zeroed
+    # bytes, then the array copied from it). The values are overwritten by the first burst.
+    m.buf = array("H", range(m.buf_frames * m.nch))
+
+
 def setup(m, board, fs):
-    _intern_names()
     m.fs = fs or FlashFS("/" if sys.platform == "esp32" else ".")
     cfg = modules.use("meter.config").Config(m.fs)
     m.conf = c = cfg.data  # the validated config (a dict; the module is dropped)
@@ -83,6 +96,8 @@ def setup(m, board, fs):
     m.board = board or make_board([ch["pin"] for ch in chans],
                                   volt["pin"] if volt else None, 11, m.fs_hz)
     m.nch = m.board.nch
+    _window_buffer(m)
+    _intern_names()
     scales = []
     for ch in chans:
         scales.append(ch["amps_per_count"] or DEFAULT_AMPS_PER_COUNT)
@@ -99,15 +114,6 @@ def setup(m, board, fs):
     m.acc = WindowAccumulator(m.nch, scales, vch=m.vch, calib=m.calibs,
                               nominal_v=float(c["nominal_voltage"]),
                               nominal_hz=50.0 if mains == "auto" else float(mains))
-    cap = _BUF_BYTES // (2 * m.nch)
-    m.cycles = max(1, min(_CYCLES, cap * _LOWEST_HZ // m.fs_hz))
-    # the buffer holds one window of this config, not the largest any config needs
-    frames = m.fs_hz * m.cycles // _LOWEST_HZ + 1
-    m.buf_frames = min(cap, frames)
-    # from a range, not from bytes(...): that allocates the buffer twice over (a zeroed
-    # bytes, then the array copied from it), and in a tight heap the second 3.5 KB piece
-    # was what ran out (bench/heap_floor.py). The values are overwritten by the first burst.
-    m.buf = array("H", range(m.buf_frames * m.nch))
     # persistence: 4 ints per channel (energy counter state)
     m.store = CounterStore(m.fs, interval_s=c["persist_interval_s"])
     m.store.load(channels=4 * m.nchan, now_ms=m.board.ticks_ms())
