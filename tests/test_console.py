@@ -575,6 +575,34 @@ def test_help_lists_commands_and_availability():
     assert bare_out[-1] == "error: not available"
 
 
+class _Pieces:
+    """A stream that keeps each write apart."""
+
+    def __init__(self):
+        self.writes = []
+
+    def write(self, text):
+        self.writes.append(text)
+        return len(text)
+
+
+def test_json_answers_can_be_written_in_pieces():
+    # the device writes a JSON answer to stdout piece by piece (no whole-line string to
+    # find room for); what comes out is the same line, secrets scrubbed the same way
+    con, app, out = make("json")
+    streamed, _, _ = make("json", app=app, stream=_Pieces())
+    texts = []
+    for line in ("status", "scope 0 50", "config get", "bogus 1"):
+        (whole,) = ask(con, out, line)
+        streamed.feed(line.encode() + b"\n")
+        assert len(streamed.stream.writes) > 3
+        texts.append("".join(streamed.stream.writes))
+        streamed.stream.writes.clear()
+        assert texts[-1].endswith("\n") and texts[-1].count("\n") == 1
+        assert json.loads(texts[-1]) == whole
+    assert "***" in texts[2] and not any(app.config[k] in t for k in SECRETS for t in texts)
+
+
 def test_mode_switch_and_query():
     con, app, out = make("human")
     assert ask(con, out, "mode") == ["mode: human"]
@@ -770,7 +798,7 @@ def emit(line):
     out.write(line)
     out.write("\n")
 con = C.Console(handlers, emit, mode=MODE, channels=2, inputs=3, app_errors=(AppError,),
-                secrets=lambda: secrets)
+                secrets=lambda: secrets, stream=out if MODE == "json" else None)
 
 # Idle polling allocates nothing.
 con.source = Idle()

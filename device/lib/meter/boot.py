@@ -145,7 +145,8 @@ def setup(m, board, fs):
     m.console = Console(out=m._out, mode=c["console"]["mode"], channels=m.nchan,
                         inputs=m.nch, source=m.board.console_source(),
                         app_errors=APP_ERRORS, secrets=m._secrets, commands="meter.commands",
-                        context=m, drop=_MPY, transient=_PER_COMMAND)
+                        context=m, drop=_MPY, transient=_PER_COMMAND,
+                        stream=sys.stdout if _MPY else None)
     m.hook = None  # called after each window by commands that need live data
     m.mem_errors = 0
     m.errors = 0  # other exceptions the loop survived (status), the last one's type

@@ -113,10 +113,13 @@ class LineReader:
 class Console:
     def __init__(self, handlers=None, out=print, mode="human", channels=1, inputs=None,
                  source=None, app_errors=(), secrets=None, max_line=MAX_LINE, commands=None,
-                 context=None, drop=False, transient=()):
+                 context=None, drop=False, transient=(), stream=None):
         if mode not in ("human", "json"):
             raise ValueError("mode must be 'human' or 'json'")
         self.out = out
+        # JSON answers are written to `stream` (a .write(str) object) piece by piece when
+        # given, instead of as one string through out() (meter.console_out.respond)
+        self.stream = stream
         self.mode = mode
         self.channels = channels
         self.inputs = channels if inputs is None else inputs
