@@ -75,7 +75,7 @@ def test_deploy_reports_why_the_meter_could_not_start(deployed):
     assert err.exit_code == EXIT_DEVICE
     assert f"the meter on {deployed.port} stopped: MemoryError: memory allocation failed" \
         in str(err)
-    assert re.search(r' at "lib/meter/\w+\.py", line \d+', str(err)), str(err)  # where
+    assert re.search(r' at "meter\.\w+", line \d+', str(err)), str(err)  # where
     assert "restarts every 20 s" in err.hint and "serial.tools.miniterm" in err.hint
     assert SECRET not in str(err) + err.hint and TOKEN not in str(err) + err.hint
 
