@@ -158,3 +158,30 @@ def test_esp32_restart_after_a_stop_waits_and_ctrl_c_holds_the_watchdog(micropyt
     # Ctrl-C in the wait: no reset, the watchdog set to 15 minutes (a deploy gets its
     # time, a forgotten REPL still ends in the meter), and the REPL gets the interrupt
     assert log[2:] == [["sleep", 20], ["wdt", 15 * 60000], ["repl"]]
+
+
+STOPPED_SCRIPT = SCRIPT[:SCRIPT.index("from array import array")] + r"""
+import meter.board as board
+import meter.board_esp32 as board_esp32
+
+board.board_module = lambda: board_esp32  # as main.py loads it first on a chip
+
+class Interrupted(Exception):
+    # Ctrl-C arriving while stopped() prints why the meter stopped
+    def __str__(self):
+        raise KeyboardInterrupt
+
+try:
+    board.stopped(Interrupted())
+    log.append(["returned"])
+except KeyboardInterrupt:
+    log.append(["repl"])
+print(json.dumps(log))
+"""
+
+
+@pytest.mark.micropython
+def test_esp32_ctrl_c_while_the_stop_is_printed_holds_the_watchdog(micropython):
+    log = json.loads(micropython.run(STOPPED_SCRIPT, heapsize="64k").strip().splitlines()[-1])
+    # no reset and no wait: the REPL gets the interrupt, the watchdog set to 15 minutes
+    assert log == [["wdt", 15 * 60000], ["repl"]]

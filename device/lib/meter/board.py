@@ -37,7 +37,8 @@ Interface (all boards):
     root                           directory holding config.json, counters, outbox
 
 And for main.py, usable when no board could be made:
-    board_module()                 this platform's board module, loaded first
+    board_module()                 this platform's board module, loaded first; it has
+                                   restart_later(s) and hold_watchdog() for stopped()
     stopped(exc)                   the meter could not start or stopped on an error: say
                                    why (STOP_PREFIX line), restart the board RESTART_S later
 """
@@ -134,14 +135,23 @@ def stopped(exc, restart_s=RESTART_S):
     fails before its watchdog is armed waits at the REPL until someone comes; after, it
     tries again every restart_s."""
     try:
-        sys.print_exception(exc)
-        print("%s%s: %s" % (STOP_PREFIX, type(exc).__name__, exc) + STOP_NOTE % restart_s)
-    except MemoryError:
-        pass  # the restart matters more than the words
+        mod = board_module()
+    except MemoryError:  # main.py did not load it first
+        mod = None
     try:
-        restart_later = board_module().restart_later
-    except MemoryError:  # main.py did not load it first: restart at once
+        try:
+            sys.print_exception(exc)
+            print("%s%s: %s" % (STOP_PREFIX, type(exc).__name__, exc) + STOP_NOTE % restart_s)
+        except MemoryError:
+            pass  # the restart matters more than the words
+    except KeyboardInterrupt:
+        # Ctrl-C while the reason is printed reaches the REPL too: as in the wait, the
+        # watchdog the meter armed must not reset the board under it
+        if mod is not None:
+            mod.hold_watchdog()
+        raise
+    if mod is None:  # restart at once
         import machine  # (the virtual chip's has reset() too)
 
         machine.reset()
-    restart_later(restart_s)
+    mod.restart_later(restart_s)

@@ -134,6 +134,12 @@ def restart_later(seconds):
     try:
         time.sleep(seconds)
     except KeyboardInterrupt:
-        machine.WDT(timeout=HOLD_MIN * 60000)
+        hold_watchdog()
         raise
     machine.reset()
+
+
+def hold_watchdog():
+    """Ctrl-C after the meter stopped: the watchdog set as by wdt_hold (whether or not the
+    meter had armed it), so that the REPL the interrupt reaches is not reset under it."""
+    machine.WDT(timeout=HOLD_MIN * 60000)

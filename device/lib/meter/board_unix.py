@@ -225,6 +225,11 @@ class UnixBoard(BoardBase):
         sys.exit(RESET_EXIT_CODE)
 
 
+def hold_watchdog():
+    """meter.board.stopped after Ctrl-C: the virtual board's watchdog belongs to the board
+    object, which is gone once the meter stopped; nothing to hold."""
+
+
 def restart_later(seconds):
     """meter.board.stopped on the virtual board: wait (in real time only when the clock is,
     as in `make sim`, where Ctrl-C then reaches the REPL as on a chip; otherwise briefly),
