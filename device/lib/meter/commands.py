@@ -14,7 +14,6 @@ meter.calib) and sends the result with `cal apply`.
 
 import gc
 import math
-from array import array
 
 from meter import modules, reading
 from meter.calib import Calibration
@@ -94,7 +93,9 @@ def scope(m, ch, n):
     # Contiguous bursts of up to one window buffer each, read between windows (the meter's
     # own sampling pauses meanwhile; energy still integrates the elapsed time). segments:
     # codes per burst, in order; within a segment the codes are evenly spaced at the rate.
-    data = array("H", bytes(2 * n))
+    # the answer's list itself is filled: no array (and no zeroed bytes to make it from) on
+    # top of it, which on a small heap was 2 x 2n bytes more to find for the answer
+    codes = [0] * n
     segments = []
     got = 0
     nch = m.nch
@@ -102,12 +103,12 @@ def scope(m, ch, n):
         k = min(n - got, m.buf_frames)
         m.board.read_frames(m.buf, 0, k)
         for i in range(k):
-            data[got + i] = m.buf[i * nch + ch]
+            codes[got + i] = m.buf[i * nch + ch]
         got += k
         segments.append(k)
     m.board.wdt_feed()
     return {"input": ch, "sample_rate_hz": m.fs_hz, "n": n, "segments": segments,
-            "codes": list(data)}
+            "codes": codes}
 
 
 def _run(m, hook, done):
