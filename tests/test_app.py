@@ -205,6 +205,20 @@ def test_out_of_memory_in_every_window_restarts_the_board_with_energy_saved(tmp_
     assert m.energy[0].mwh > 0
 
 
+def test_readings_held_in_memory_go_to_the_outbox_before_the_restart(tmp_path, capsys):
+    # a delivery that ran out of memory leaves its readings in m.unsent; when the meter
+    # then restarts for memory, RAM is gone: they must be on flash first
+    board = LoopBoard(fail=lambda n: "memory", windows=1000)
+    m = Meter(board=board, fs=FlashFS(str(tmp_path)))
+    board.saved = lambda: None
+    m.unsent = ['{"seq": 7, "current": 1.5}', '{"seq": 8, "current": 1.6}']
+    with pytest.raises(Reset):
+        m.run()
+    assert m.unsent == [] and m.outbox_depth == 2
+    kept = Outbox(FlashFS(str(tmp_path)).subdir("outbox")).peek(8)
+    assert [json.loads(b)["seq"] for b in kept] == [7, 8]
+
+
 def test_config_set_says_whether_the_change_applies_now(tmp_path):
     from meter import commands
     from meter.config import Config

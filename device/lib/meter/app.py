@@ -301,9 +301,18 @@ class Meter:
             self.problems.append(str(exc))
 
     def shutdown(self):
-        """Clean stop: persist the counters (Ctrl-C, reboot, end of a test run) and leave
-        the MQTT session with a retained "offline" (close() never raises)."""
+        """Clean stop: persist the counters (Ctrl-C, reboot, end of a test run), keep unsent
+        readings in the outbox and leave the MQTT session with a retained "offline" (close()
+        never raises)."""
         self.persist(self.board.ticks_ms())
+        if self.unsent:
+            # Readings made but not yet sent or stored: a delivery ran out of memory, and
+            # the restart for memory comes after it failed window after window. The outbox
+            # alone is smaller than the HTTP client; RAM does not survive the restart.
+            try:
+                self._deliver_use("store")
+            except Exception:  # noqa: BLE001 - the stop goes on (MemoryError, flash)
+                pass  # as after a power cut: those readings are lost, the counters are not
         if self.mqtt is not None:
             self.mqtt.close()
 

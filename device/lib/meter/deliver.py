@@ -90,6 +90,12 @@ def flush(m):
     if m.outbox_depth == 0 and m.link_ready() and _send(m, m.unsent):
         m.unsent = []
         return
+    store(m)
+
+
+def store(m):
+    """Put the unsent readings in the outbox, after older ones, without trying to send them
+    (Meter.shutdown: the meter stops, or restarts because delivery no longer fits)."""
     box = _outbox(m)
     try:
         while m.unsent:
