@@ -46,7 +46,8 @@ _WDT_MS = const(30000)
 def _intern_names():
     """Load, once at start, each module that is otherwise loaded per use, and drop it.
 
-    Their names (qstrs) are interned for good then, while the heap is still empty. Interned
+    Their names (qstrs) are interned for good then, while the heap holds little more than
+    the config and the window buffer (made just before: the one larger block). Interned
     names are never freed, and their table grows by doubling: on the 64-bit unix port one
     step is a single ~7 KB block. Grown later, in a heap fragmented by days of work, that
     block may not be found, and a console line would be refused for lack of memory though
