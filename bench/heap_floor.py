@@ -180,11 +180,19 @@ def _judge(vb, port, server, days):
             return (f"at {at} s: {last['mem_errors']} MemoryError(s), "
                     f"{last['errors']} other error(s) ({last['last_error']})")
         if vb.resets:
-            return f"the board reset (exit {vb.resets[0]})"
+            return _reset(vb)
     expected = int(days * 86400 / 60 * 0.99) - 1
     if len(server.seqs) < expected:
         return f"{len(server.seqs)} readings delivered of {expected}"
     return None
+
+
+def _reset(vb):
+    from ctmeter.virtual.supervisor import HARD_RESET
+
+    if vb.resets[0] == HARD_RESET:  # machine.reset() without a stop line: Meter's own
+        return "the meter restarted itself (out of memory window after window)"
+    return f"the board reset (exit {vb.resets[0]})"
 
 
 def _run_until(vb, port, sim_s):
@@ -195,7 +203,7 @@ def _run_until(vb, port, sim_s):
         if last is not None and last / FS >= sim_s:
             return None
         if vb.resets:
-            return _crash(port.text) or f"the board reset (exit {vb.resets[0]})"
+            return _crash(port.text) or _reset(vb)
         if b">>> " in port.text[-200:]:  # the meter ended: the chip is at its REPL
             return _crash(port.text) or "the meter stopped"
     return _crash(port.text) or f"simulated time did not reach {sim_s} s"
