@@ -156,6 +156,27 @@ def test_capture_in_pieces_when_the_meter_runs_out_of_heap(tmp_path):
     assert scope.read_csv(path).segments == [250, 250, 250, 250]
 
 
+def test_a_small_heap_answers_a_long_capture_in_one_piece(tmp_path):
+    # The soak's ROMFS meter in its soak heap (88 KB, ~65 KB in use): the answer to
+    # `scope 0 1000` is its list of codes and nothing the size of it besides (no array and
+    # zeroed bytes to make it from, no JSON line built as one string). Before, it asked for
+    # ~20 KB more and the capture came back "out of memory" (the host then asks in pieces).
+    from tests.test_soak import ROMFS_HEAP
+
+    stream = Stream([Channel(Frontend("sct013-030", ideal=True), Resistive(watts=1150))],
+                    mains=Mains.clean(), voltage=Frontend("zmpt101b", ideal=True),
+                    sample_rate=4000, seed=11)
+    vb = start_virtual_meter(tmp_path / "flash", stream, {"device_id": "sc2", "mains_hz": 50},
+                             heapsize=ROMFS_HEAP, romfs=True)
+    try:
+        with MeterLink.open(vb.port, timeout=60) as link:
+            answer = link.cmd("scope 0 1000", retries=0)
+            assert answer["n"] == 1000 and len(answer["codes"]) == 1000
+            assert link.cmd("status")["mem_errors"] == 0
+    finally:
+        vb.stop()
+
+
 def test_other_device_errors_are_not_retried():
     class Refusing(PieceMeter):
         def cmd(self, line, progress=None, retries=3):
