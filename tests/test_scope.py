@@ -156,25 +156,51 @@ def test_capture_in_pieces_when_the_meter_runs_out_of_heap(tmp_path):
     assert scope.read_csv(path).segments == [250, 250, 250, 250]
 
 
-def test_a_small_heap_answers_a_long_capture_in_one_piece(tmp_path):
-    # The soak's ROMFS meter in its soak heap (88 KB, ~65 KB in use): the answer to
-    # `scope 0 1000` is its list of codes and nothing the size of it besides (no array and
-    # zeroed bytes to make it from, no JSON line built as one string). Before, it asked for
-    # ~20 KB more and the capture came back "out of memory" (the host then asks in pieces).
-    from tests.test_soak import ROMFS_HEAP
+SCOPE_IN_A_TIGHT_HEAP = r"""
+import gc
+from array import array
+from meter import commands
 
-    stream = Stream([Channel(Frontend("sct013-030", ideal=True), Resistive(watts=1150))],
-                    mains=Mains.clean(), voltage=Frontend("zmpt101b", ideal=True),
-                    sample_rate=4000, seed=11)
-    vb = start_virtual_meter(tmp_path / "flash", stream, {"device_id": "sc2", "mains_hz": 50},
-                             heapsize=ROMFS_HEAP, romfs=True)
+class Board:
+    def read_frames(self, buf, start, n):
+        for i in range(2 * n):
+            buf[2 * start + i] = 2048 + i % 7
+    def wdt_feed(self):
+        pass
+
+class M:
+    nch = 2
+    buf_frames = 400
+    fs_hz = 4000
+    board = Board()
+m = M()
+m.buf = array("H", range(800))
+gc.collect()
+room = bytearray(ROOM)  # kept free for the command, in one piece: everything else is taken
+hog = []
+for size in (512, 64, 16):
     try:
-        with MeterLink.open(vb.port, timeout=60) as link:
-            answer = link.cmd("scope 0 1000", retries=0)
-            assert answer["n"] == 1000 and len(answer["codes"]) == 1000
-            assert link.cmd("status")["mem_errors"] == 0
-    finally:
-        vb.stop()
+        while True:
+            hog.append(bytearray(size))
+    except MemoryError:
+        pass
+room = None
+gc.collect()
+try:
+    r = commands.scope(m, 0, 2000)
+    print("codes", len(r["codes"]), sum(r["segments"]))
+except MemoryError:
+    print("MemoryError")
+"""
+
+
+@pytest.mark.micropython
+def test_scope_needs_no_more_than_its_answer(micropython):
+    # scope 0 2000 on the device: the answer's list of 2000 codes (16 KB on this port) and
+    # little else; it used to make a zeroed bytes and an array of 2n bytes each besides
+    room = 2000 * 8 + 2 * 1024  # the list and 2 KB; the old way needed 4 KB more
+    out = micropython.run(SCOPE_IN_A_TIGHT_HEAP.replace("ROOM", str(room)), heapsize="256k")
+    assert out.strip().splitlines()[-1] == "codes 2000 2000", out
 
 
 def test_other_device_errors_are_not_retried():
