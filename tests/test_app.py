@@ -9,7 +9,7 @@ import math
 import pytest
 from meter import app, deliver
 from meter.app import Meter, _Interval
-from meter.board import BoardBase
+from meter.board import STOPS, BoardBase
 from meter.energy import EnergyCounter
 from meter.flashfs import FlashFS
 from meter.outbox import Outbox
@@ -217,6 +217,21 @@ def test_readings_held_in_memory_go_to_the_outbox_before_the_restart(tmp_path, c
     assert m.unsent == [] and m.outbox_depth == 2
     kept = Outbox(FlashFS(str(tmp_path)).subdir("outbox")).peek(8)
     assert [json.loads(b)["seq"] for b in kept] == [7, 8]
+
+
+def test_a_meter_that_runs_long_enough_clears_the_count_of_stops(tmp_path, monkeypatch, capsys):
+    # meter.board.stopped waits longer after each stop in a row; once the meter has run
+    # RUN_OK_S the count starts over (here 2 s: 10 windows of 200 ms)
+    monkeypatch.setattr(app, "RUN_OK_S", 2)
+    (tmp_path / STOPS).write_text("5")
+    m = Meter(board=LoopBoard(fail=lambda n: None, windows=8), fs=FlashFS(str(tmp_path)))
+    with pytest.raises(KeyboardInterrupt):
+        m.run()
+    assert m.stops and (tmp_path / STOPS).read_text() == "5"  # 1.6 s: not yet
+    m = Meter(board=LoopBoard(fail=lambda n: None, windows=12), fs=FlashFS(str(tmp_path)))
+    with pytest.raises(KeyboardInterrupt):
+        m.run()
+    assert not m.stops and not (tmp_path / STOPS).exists()
 
 
 def test_config_set_says_whether_the_change_applies_now(tmp_path):

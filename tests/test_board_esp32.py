@@ -153,16 +153,54 @@ print(json.dumps(log))
 @pytest.mark.micropython
 def test_esp32_restart_after_a_stop_waits_and_ctrl_c_holds_the_watchdog(micropython):
     log = json.loads(micropython.run(RESTART_SCRIPT, heapsize="64k").strip().splitlines()[-1])
-    # meter.board.stopped's wait on a chip: 20 s, then a hard reset
-    assert log[:2] == [["sleep", 20], ["reset"]]
+    # meter.board.stopped's wait on a chip: the watchdog set past its end (the meter's 30 s
+    # must not cut a longer wait short), 20 s, then a hard reset
+    assert log[:3] == [["wdt", 50000], ["sleep", 20], ["reset"]]
     # Ctrl-C in the wait: no reset, the watchdog set to 15 minutes (a deploy gets its
     # time, a forgotten REPL still ends in the meter), and the REPL gets the interrupt
-    assert log[2:] == [["sleep", 20], ["wdt", 15 * 60000], ["repl"]]
+    assert log[3:] == [["wdt", 50000], ["sleep", 20], ["wdt", 15 * 60000], ["repl"]]
+
+
+STOPS_SCRIPT = SCRIPT[:SCRIPT.index("from array import array")] + r"""
+import os
+import meter.board as board
+import meter.board_esp32 as board_esp32
+
+os.chdir(sys.argv[1])  # the board's flash root
+board.board_module = lambda: board_esp32  # as main.py loads it first on a chip
+
+class Sleeper:
+    def sleep(s):
+        log.append(["sleep", s])
+
+board_esp32.time = Sleeper
+for i in range(8):  # a meter that cannot start, for good
+    board.stopped(OSError("no ADC"))
+with open(board.STOPS) as f:
+    log.append(["stops", f.read()])
+with open(board.STOPS, "w") as f:
+    f.write("garbage")  # a count the flash mangled: taken as none
+board.stopped(OSError("no ADC"))
+print(json.dumps(log))
+"""
+
+
+@pytest.mark.micropython
+def test_esp32_stops_in_a_row_wait_longer_each_time(micropython, tmp_path):
+    out = micropython.run(STOPS_SCRIPT, heapsize="64k", args=[tmp_path])
+    log = json.loads(out.strip().splitlines()[-1])
+    sleeps = [e[1] for e in log if e[0] == "sleep"]
+    assert sleeps == [20, 40, 80, 160, 320, 640, 640, 640, 20]
+    assert ["stops", "8"] in log and log.count(["reset"]) == 9
+    assert "(restart in 640 s, Ctrl-C for the REPL)" in out
 
 
 STOPPED_SCRIPT = SCRIPT[:SCRIPT.index("from array import array")] + r"""
+import os
 import meter.board as board
 import meter.board_esp32 as board_esp32
+
+os.chdir(sys.argv[1])  # the board's flash root (stopped() counts stops there)
 
 board.board_module = lambda: board_esp32  # as main.py loads it first on a chip
 
@@ -181,7 +219,8 @@ print(json.dumps(log))
 
 
 @pytest.mark.micropython
-def test_esp32_ctrl_c_while_the_stop_is_printed_holds_the_watchdog(micropython):
-    log = json.loads(micropython.run(STOPPED_SCRIPT, heapsize="64k").strip().splitlines()[-1])
+def test_esp32_ctrl_c_while_the_stop_is_printed_holds_the_watchdog(micropython, tmp_path):
+    log = json.loads(micropython.run(STOPPED_SCRIPT, heapsize="64k",
+                                     args=[tmp_path]).strip().splitlines()[-1])
     # no reset and no wait: the REPL gets the interrupt, the watchdog set to 15 minutes
     assert log == [["wdt", 15 * 60000], ["repl"]]

@@ -24,7 +24,7 @@ from ctmeter.model import Channel, Frontend, Mains, Resistive, Stream
 from ctmeter.transport import EXIT_DEVICE, DeviceError
 from ctmeter.virtual.meter import StreamSource, deploy_to_flash, meter_config
 from ctmeter.virtual.supervisor import HARD_RESET, VirtualBoard
-from meter.board import STOP_PREFIX
+from meter.board import RESTART_MAX_S, STOP_PREFIX, STOPS
 
 TOO_SMALL = "64k"  # the start-up needs ~100 KB here (docs/BENCHMARKS.md)
 SECRET = "hunter2-stopped-wifi"
@@ -76,7 +76,8 @@ def test_deploy_reports_why_the_meter_could_not_start(deployed):
     assert f"the meter on {deployed.port} stopped: MemoryError: memory allocation failed" \
         in str(err)
     assert re.search(r' at "meter\.\w+", line \d+', str(err)), str(err)  # where
-    assert "restarts every 20 s" in err.hint and "serial.tools.miniterm" in err.hint
+    assert "restarts after 20 s, waiting twice as long after each stop in a row (up to 640 s)" \
+        in err.hint and "serial.tools.miniterm" in err.hint
     assert SECRET not in str(err) + err.hint and TOKEN not in str(err) + err.hint
 
 
@@ -89,7 +90,14 @@ def test_it_says_why_and_restarts_by_itself(deployed):
         os.close(fd)
     why = STOP_LINE.search(out).group(1).decode()
     assert why.startswith("MemoryError: memory allocation failed, allocating ")
-    assert why.endswith("(restart in 20 s, Ctrl-C for the REPL)")
+    assert why.endswith(" s, Ctrl-C for the REPL)")
+    # stops in a row wait twice as long each time (the deploy's start was the first, 20 s;
+    # the virtual board's fast clock waits 1 s whatever the line says)
+    waits = [int(w) for w in re.findall(rb"\(restart in (\d+) s, Ctrl-C", out)]
+    assert len(waits) >= 2 and waits[0] >= 40, waits
+    pairs = zip(waits, waits[1:], strict=False)
+    assert all(b == min(RESTART_MAX_S, 2 * a) for a, b in pairs), waits
+    assert int((deployed.flash_dir / STOPS).read_text()) >= 1 + len(waits)  # counted on flash
     # the traceback comes first, naming where the start-up ran out
     before = out[:out.index(STOP_PREFIX.encode())].decode(errors="replace")
     assert "Traceback (most recent call last):" in before and 'File "main.py"' in before

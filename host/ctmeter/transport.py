@@ -19,7 +19,12 @@ import time
 from contextlib import contextmanager
 
 import serial
-from meter.board import RESTART_S, STOP_NOTE, STOP_PREFIX  # the firmware's own stop line
+from meter.board import (  # the firmware's own stop line
+    RESTART_MAX_S,
+    RESTART_S,
+    STOP_NOTE,
+    STOP_PREFIX,
+)
 from mpremote.transport import TransportError, TransportExecError
 from mpremote.transport_serial import SerialTransport
 
@@ -73,9 +78,10 @@ def stopped_error(port: str, line: str, earlier=(), secrets=()) -> DeviceError:
     for s in secrets:
         why = why.replace(s, "***")
     return DeviceError(f"the meter on {port} stopped: {why}",
-                       f"it restarts every {RESTART_S} s and stops the same way until the cause "
-                       f"is fixed; the whole traceback: python -m serial.tools.miniterm {port} "
-                       "115200")
+                       f"it restarts after {RESTART_S} s, waiting twice as long after each "
+                       f"stop in a row (up to {RESTART_MAX_S} s), and stops the same way until "
+                       f"the cause is fixed; the whole traceback: python -m serial.tools.miniterm "
+                       f"{port} 115200")
 
 
 def classify(port: str, exc: BaseException) -> PortError:

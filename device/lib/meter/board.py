@@ -41,6 +41,7 @@ And for main.py, usable when no board could be made:
                                    restart_later(s) and hold_watchdog() for stopped()
     stopped(exc)                   the meter could not start or stopped on an error: say
                                    why (STOP_PREFIX line), restart the board RESTART_S later
+                                   (longer after stops in a row: STOPS)
 """
 
 import sys
@@ -56,7 +57,10 @@ _CLOCK_VALID_AFTER = const(1600000000)  # 2020-09-13: a clock before this was ne
 HOLD_MIN = 15  # the watchdog is held off this long after Ctrl-C (deploys, mpremote sessions)
 STOP_PREFIX = "ctmeter-stopped "  # + "<error>: <message>" + STOP_NOTE, printed by stopped()
 STOP_NOTE = " (restart in %d s, Ctrl-C for the REPL)"
-RESTART_S = 20  # stopped(): the wait before the restart (less than the watchdog's 30 s)
+RESTART_S = 20  # stopped(): the wait before the restart after a first stop
+RESTART_MAX_S = 640  # ... doubled for each stop in a row: 20, 40, 80, ... 640 s at most
+STOPS = "stops"  # file counting the stops in a row (a meter that cannot start, for good)
+RUN_OK_S = 600  # a meter that has run this long is well again: the count starts over
 
 
 def ticks_diff(a, b):
@@ -127,21 +131,43 @@ def board_module():
     return mod
 
 
+def _stops_in_a_row():
+    """This stop's number in a row, counted in the file STOPS (1: the first since the meter
+    last ran RUN_OK_S); 1 when the flash cannot say. A meter that cannot start at all
+    (a broken ADC, a heap too small) then restarts less and less often, instead of every
+    20 s for good (each start writes the counters' slots and prints its traceback)."""
+    n = 0
+    try:
+        with open(STOPS) as f:
+            n = int(f.read())
+    except Exception:  # noqa: BLE001 - none yet, unreadable, garbage, out of memory
+        pass
+    n = min(max(n, 0), 99) + 1
+    try:
+        with open(STOPS, "w") as f:
+            f.write("%d" % n)
+    except Exception:  # noqa: BLE001 - a flash that fails: the next stop waits as this one
+        pass
+    return n
+
+
 def stopped(exc, restart_s=RESTART_S):
     """main.py's last resort: the meter could not start (out of memory, an ADC or flash that
     fails) or stopped on an error. Prints the traceback and one STOP_PREFIX line saying why,
-    then restarts the board after restart_s (board_module().restart_later). Ctrl-C in that
-    time reaches the REPL (a deploy, someone at the console). Without this a meter that
-    fails before its watchdog is armed waits at the REPL until someone comes; after, it
-    tries again every restart_s."""
+    then restarts the board after restart_s (board_module().restart_later), doubled for each
+    stop in a row up to RESTART_MAX_S. Ctrl-C in that time reaches the REPL (a deploy,
+    someone at the console). Without this a meter that fails before its watchdog is armed
+    waits at the REPL until someone comes; after, it tries again and again."""
     try:
         mod = board_module()
     except MemoryError:  # main.py did not load it first
         mod = None
+    wait = restart_s
     try:
+        wait = min(RESTART_MAX_S, restart_s << min(_stops_in_a_row() - 1, 6))
         try:
             sys.print_exception(exc)
-            print("%s%s: %s" % (STOP_PREFIX, type(exc).__name__, exc) + STOP_NOTE % restart_s)
+            print("%s%s: %s" % (STOP_PREFIX, type(exc).__name__, exc) + STOP_NOTE % wait)
         except MemoryError:
             pass  # the restart matters more than the words
     except KeyboardInterrupt:
@@ -154,4 +180,4 @@ def stopped(exc, restart_s=RESTART_S):
         import machine  # (the virtual chip's has reset() too)
 
         machine.reset()
-    mod.restart_later(restart_s)
+    mod.restart_later(wait)

@@ -132,6 +132,8 @@ def restart_later(seconds):
     under a deploy, and a forgotten session (or a meter that failed before arming one) still
     ends in the meter HOLD_MIN minutes later."""
     try:
+        # the meter's watchdog (30 s) must not cut a longer wait short: set past its end
+        machine.WDT(timeout=(seconds + 30) * 1000)
         time.sleep(seconds)
     except KeyboardInterrupt:
         hold_watchdog()

@@ -24,7 +24,7 @@ from meter.app import (
     VERSION,
     _Interval,
 )
-from meter.board import make_board
+from meter.board import STOPS, make_board
 from meter.calib import Calibration
 from meter.console import BOOT_PREFIX, Console
 from meter.energy import EnergyCounter
@@ -158,6 +158,7 @@ def setup(m, board, fs):
     m._clock_try_ms = None
     m.last_raw = []
     m.uptime_ms = 0
+    m.stops = m.fs.exists(STOPS)  # stopped() counted stops in a row: cleared after RUN_OK_S
     m.running = False
     m.wifi_up = True
     m.wifi_retries = 0
