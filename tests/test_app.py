@@ -7,7 +7,7 @@ import json
 import math
 
 import pytest
-from meter import app, deliver
+from meter import app, boot, deliver
 from meter.app import Meter, _Interval
 from meter.board import STOPS, BoardBase
 from meter.energy import EnergyCounter
@@ -222,7 +222,7 @@ def test_readings_held_in_memory_go_to_the_outbox_before_the_restart(tmp_path, c
 def test_a_meter_that_runs_long_enough_clears_the_count_of_stops(tmp_path, monkeypatch, capsys):
     # meter.board.stopped waits longer after each stop in a row; once the meter has run
     # RUN_OK_S the count starts over (here 2 s: 10 windows of 200 ms)
-    monkeypatch.setattr(app, "RUN_OK_S", 2)
+    monkeypatch.setattr(boot, "RUN_OK_S", 2)
     (tmp_path / STOPS).write_text("5")
     m = Meter(board=LoopBoard(fail=lambda n: None, windows=8), fs=FlashFS(str(tmp_path)))
     with pytest.raises(KeyboardInterrupt):

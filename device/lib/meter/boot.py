@@ -24,7 +24,7 @@ from meter.app import (
     VERSION,
     _Interval,
 )
-from meter.board import STOPS, make_board
+from meter.board import RUN_OK_S, STOPS, make_board
 from meter.calib import Calibration
 from meter.console import BOOT_PREFIX, Console
 from meter.energy import EnergyCounter
@@ -158,7 +158,8 @@ def setup(m, board, fs):
     m._clock_try_ms = None
     m.last_raw = []
     m.uptime_ms = 0
-    m.stops = m.fs.exists(STOPS)  # stopped() counted stops in a row: cleared after RUN_OK_S
+    # stopped() counted stops in a row: the uptime (ms) after which the count is cleared
+    m.stops = RUN_OK_S * 1000 if m.fs.exists(STOPS) else 0
     m.running = False
     m.wifi_up = True
     m.wifi_retries = 0
@@ -211,7 +212,9 @@ def start(m):
         "problems": m.problems}))
     m.board.wdt_start(_WDT_MS)
     m.running = True
-    m._start_us = m.board.ticks_us()
-    m._window_end_us = m._start_us
+    # a local, not an attribute: the Meter's attribute table holds 53 before it grows to
+    # 97 slots (1.5 KB instead of 0.8 on the unix port), and the meter has 53
+    now = m.board.ticks_us()
+    m._window_end_us = now
     m._interval_start_ms = m.board.ticks_ms()
-    m._duty_start_us = m._start_us
+    m._duty_start_us = now
