@@ -193,8 +193,8 @@ class Meter:
         if self.stops and self.uptime_ms >= self.stops:
             # Run long enough (meter.board.RUN_OK_S): the stops before this start no longer
             # count as in a row (meter.board.stopped waits longer after each). Inline, and
-            # the name imported here: a method or a global more grows the tables they live
-            # in by 0.2-0.4 KB on the unix port (measured).
+            # the name imported here: as a Meter method with module-level imports it put
+            # 0.9 KB more in use from lib/ (bench/heap.py firmware(), measured).
             self.stops = 0
             from meter.board import STOPS
 

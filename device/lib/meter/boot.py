@@ -212,9 +212,7 @@ def start(m):
         "problems": m.problems}))
     m.board.wdt_start(_WDT_MS)
     m.running = True
-    # a local, not an attribute: the Meter's attribute table holds 53 before it grows to
-    # 97 slots (1.5 KB instead of 0.8 on the unix port), and the meter has 53
-    now = m.board.ticks_us()
+    now = m.board.ticks_us()  # a local: nothing reads the start time later
     m._window_end_us = now
     m._interval_start_ms = m.board.ticks_ms()
     m._duty_start_us = now
