@@ -6,6 +6,7 @@ import os
 import queue
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -17,12 +18,23 @@ from ctmeter.sim_cmd import LoadControl, LoadSpecError, parse_load
 from ctmeter.transport import EXIT_USAGE
 
 
-def test_sim_runs_the_whole_chain(tmp_path):
+def _sim(tmp_path, *extra):
     proc = subprocess.run(
         [sys.executable, "-m", "ctmeter", "sim", "--clock", "fast", "--duration", "5",
-         "--http", "127.0.0.1:0", "--dir", str(tmp_path / "sim"), "--fresh"],
+         "--http", "127.0.0.1:0", "--dir", str(tmp_path / "sim"), *extra],
         capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def _printed(out):
+    """(seq, total kWh) of each reading line."""
+    return [(int(s), float(kwh)) for s, kwh in
+            re.findall(r"reading seq=(\d+) ch1 [\d.]+ A .* total ([\d.]+) kWh", out)]
+
+
+def test_sim_runs_the_whole_chain(tmp_path):
+    proc = _sim(tmp_path, "--fresh")
     out = proc.stdout
     head = out[:400] + "\n--- stderr:\n" + proc.stderr[-400:]
     assert re.search(r"virtual board on /dev/pts/\d+", out), head
@@ -31,11 +43,30 @@ def test_sim_runs_the_whole_chain(tmp_path):
     assert len(readings) >= 3
     seqs = [int(s) for s, _, _ in readings]
     assert seqs == sorted(seqs)
+    assert [s for s, _ in _printed(out)] == seqs
     assert (tmp_path / "sim" / "ctmeter.db").exists()
     assert (tmp_path / "sim" / "flash" / "config.json").exists()
     token = (tmp_path / "sim" / "admin-token").read_text().strip()
     assert token and token not in out + proc.stderr  # secrets never printed
     assert (tmp_path / "sim" / "admin-token").stat().st_mode & 0o077 == 0
+
+    # again on the same folder: the meter carries on, its clock after the first run's last
+    # reading (a fast clock ran ahead of the wall clock), and the readings the first run
+    # left in the database are not printed as this run's
+    before = _stored(tmp_path)
+    again = _printed(_sim(tmp_path).stdout)
+    assert again, "the second run printed no reading"
+    assert not {s for s, _ in again} & set(before)
+    after = _stored(tmp_path)
+    new = {s: ts for s, ts in after.items() if s not in before}
+    assert min(new.values()) > max(before.values())
+    assert again[0][1] >= max(kwh for _, kwh in _printed(out))  # the counter went on
+
+
+def _stored(tmp_path):
+    """seq -> ts_ms of every reading in the sim's database."""
+    with sqlite3.connect(tmp_path / "sim" / "ctmeter.db") as db:
+        return dict(db.execute("SELECT seq, ts_ms FROM readings"))
 
 
 # ---------------------------------------------------------------- the simulated load

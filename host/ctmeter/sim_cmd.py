@@ -8,7 +8,8 @@ collector on SQLite; prints the board's port, the dashboard URL and live reading
 
 Ctrl-C (SIGINT) or SIGTERM (a service manager, `kill`) stops it cleanly: the meter gets a
 Ctrl-C and saves its energy counter (the next `ctmeter sim` without --fresh carries on from
-it), then the board and the collector are shut down, exit status 0.
+it, and prints only the readings new to its database), then the board and the collector are
+shut down, exit status 0.
 
 The load can be changed while it runs, by lines typed on its standard input:
     load 2000W          a resistive load of 2000 W (at the nominal 230 V)
@@ -212,6 +213,13 @@ def _get(url, token):
         return json.loads(resp.read())
 
 
+def _latest(collector, device_id, admin):
+    """The collector's last 20 readings of the sim's meter, oldest first."""
+    rows = _get(f"{collector.url}/api/measurements?deviceId={device_id}&limit=20", admin)
+    rows = rows.get("measurements", rows) if isinstance(rows, dict) else rows
+    return sorted(rows, key=lambda r: r.get("seq", 0))
+
+
 def _heap(text):
     """--heap as MicroPython's -X heapsize takes it (bytes, or with a k/m suffix)."""
     if text is None:
@@ -263,8 +271,15 @@ def run(args):
                                hint="is the port in use? try --http 127.0.0.1:0") from exc
         overrides["http"] = {"enabled": True, "token": device_token,
                              "url": f"{collector.url}/api/measurements"}
+    # Readings a run before this one left in the database are not printed as this run's, and
+    # the meter's clock starts after the last of them: a --clock fast run goes ahead of the
+    # wall clock, and a meter whose time went backwards would file its new readings among
+    # the old ones.
+    earlier = _latest(collector, device_id, admin) if collector else []
+    seen = {r.get("seq") for r in earlier}
+    epoch = max([time.time()] + [float(r["ts"]) + 1 for r in earlier if r.get("ts") is not None])
     board = start_virtual_meter(flash, stream, overrides, clock=args.clock,
-                                epoch=time.time(), heapsize=heap, romfs=args.romfs)
+                                epoch=epoch, heapsize=heap, romfs=args.romfs)
     print(f"ctmeter sim: virtual board on {board.port} (try: mpremote connect {board.port})",
           flush=True)
     if collector:
@@ -281,7 +296,6 @@ def run(args):
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
     lines = queue.Queue()
     threading.Thread(target=_read_lines, args=(sys.stdin, lines), daemon=True).start()
-    seen = set()
     shown_stop = None
     start = time.monotonic()
     next_poll = start + 1.0
@@ -313,9 +327,7 @@ def run(args):
                 print(f"ctmeter sim: the meter stopped: {stop}", flush=True)
             if not collector:
                 continue
-            rows = _get(f"{collector.url}/api/measurements?deviceId={device_id}&limit=20", admin)
-            rows = rows.get("measurements", rows) if isinstance(rows, dict) else rows
-            for r in sorted(rows, key=lambda r: r.get("seq", 0)):
+            for r in _latest(collector, device_id, admin):
                 key = r.get("seq")
                 if key in seen:
                     continue
