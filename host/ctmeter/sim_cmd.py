@@ -214,8 +214,9 @@ def _get(url, token):
 
 
 def _latest(collector, device_id, admin):
-    """The collector's last 20 readings of the sim's meter, oldest first."""
-    rows = _get(f"{collector.url}/api/measurements?deviceId={device_id}&limit=20", admin)
+    """The collector's last readings of the sim's meter, oldest first: as many as a
+    --clock fast meter delivers between two looks (~30 a second), so none is skipped."""
+    rows = _get(f"{collector.url}/api/measurements?deviceId={device_id}&limit=200", admin)
     rows = rows.get("measurements", rows) if isinstance(rows, dict) else rows
     return sorted(rows, key=lambda r: r.get("seq", 0))
 
