@@ -316,9 +316,14 @@ except OSError:
 """
 
 
+def _worlds(out):
+    return len(re.findall(rb"WORLD \d+ \d+\r?\n", out))
+
+
 def _read_until(fd, seconds, count):
+    """Read the port until `count` whole WORLD lines have come (or `seconds` passed)."""
     out, end = b"", time.monotonic() + seconds
-    while time.monotonic() < end and out.count(b"WORLD") < count:
+    while time.monotonic() < end and _worlds(out) < count:
         if select.select([fd], [], [], 0.05)[0]:
             out += os.read(fd, 4096)
     return out
@@ -340,7 +345,7 @@ def test_a_reset_does_not_rewind_the_world(tmp_path, how):
         frames_before = vb.feed.last_frame
         if how == "power_cut":
             vb.power_cut()
-        out += _read_until(fd, 15, 2 - out.count(b"WORLD"))
+        out += _read_until(fd, 15, 2 - _worlds(out))
     finally:
         os.close(fd)
         vb.stop()

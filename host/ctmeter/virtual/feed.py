@@ -106,10 +106,12 @@ class SensorFeed:
                 return
             if frames.shape != (n, self.source.nch):
                 raise ValueError(f"source returned {frames.shape}, expected {(n, self.source.nch)}")
-            resp.write(frames.tobytes())
+            # counted before the answer goes out: once the chip has its frames it can print
+            # what it read, and whoever watches its port may look at these straight away
             with self._lock:
                 self.requests += 1
                 self.frames_served += n
                 if self.first_frame is None:
                     self.first_frame = k0
                 self.last_frame = k0 + n
+            resp.write(frames.tobytes())
