@@ -63,6 +63,16 @@ def test_one_shot_device_error_exits_non_zero(board):
     proc = run_cli("console", "--port", board.port, "--json", "frobnicate")
     assert proc.returncode == EXIT_DEVICE
     assert json.loads(proc.stdout) == {"ok": False, "error": "unknown command (try help)"}
+    # a typo gets the meter's own command as a hint (from its `help`), never the typed words
+    proc = run_cli("console", "--port", board.port, "cnofig", "set", "wifi.password", "hunter2")
+    assert proc.returncode == EXIT_DEVICE
+    assert proc.stdout.splitlines() == ["error: unknown command (try help)",
+                                        "did you mean `config set`?"]
+    assert "hunter2" not in proc.stdout + proc.stderr
+    proc = run_cli("console", "--port", board.port, "cal", "zeor", "1")
+    assert "did you mean `cal zero`?" in proc.stdout
+    proc = run_cli("console", "--port", board.port, "frobnicate")
+    assert "did you mean" not in proc.stdout  # nothing close: no guess
 
 
 def test_secrets_stay_masked(board):

@@ -13,6 +13,7 @@ history file ($CTMETER_CACHE or ~/.cache/ctmeter/console_history, mode 0600).
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import sys
@@ -125,7 +126,24 @@ def do_line(link: MeterLink, line: str, as_json: bool, out=None) -> dict:
         return answer
     answer = link.cmd_raw(line)
     show(answer, link.last_line, as_json, out)
+    if not as_json and str(answer.get("error", "")).startswith("unknown "):
+        guess = closest_command(words, _command_words(link))
+        if guess:
+            print(f"did you mean `{guess}`?", file=out)
     return answer
+
+
+def closest_command(words: list, names: list):
+    """The meter's command (from `help`) that the mistyped `words` most likely meant, or
+    None. Only the command's own name is ever shown, never what was typed (it may hold a
+    password)."""
+    best, score = None, 0.0
+    for name in names:
+        typed = " ".join(words[:len(name.split())])
+        ratio = difflib.SequenceMatcher(None, typed, name).ratio()
+        if ratio > score:
+            best, score = name, ratio
+    return best if score >= 0.75 else None
 
 
 def one_shot(args) -> int:
