@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from ctmeter.console_cmd import pretty, sets_secret
+from ctmeter.console_cmd import closest_key, config_keys, pretty, sets_secret
 from ctmeter.model import Channel, Frontend, Mains, Resistive, Stream
 from ctmeter.transport import EXIT_DEVICE, EXIT_PORT, EXIT_USAGE
 from ctmeter.virtual.meter import start_virtual_meter
@@ -73,6 +73,15 @@ def test_one_shot_device_error_exits_non_zero(board):
     assert "did you mean `cal zero`?" in proc.stdout
     proc = run_cli("console", "--port", board.port, "frobnicate")
     assert "did you mean" not in proc.stdout  # nothing close: no guess
+    # and a mistyped config key, the closest key of the meter's own config
+    proc = run_cli("console", "--port", board.port, "config", "set", "intervl_s", "30")
+    assert proc.returncode == EXIT_DEVICE
+    assert proc.stdout.splitlines() == ["error: config: intervl_s is not a known key",
+                                        "did you mean `interval_s`?"]
+    proc = run_cli("console", "--port", board.port, "config", "get", "channels.0.sensr")
+    assert proc.stdout.splitlines()[-1] == "did you mean `channels.0.sensor`?"
+    proc = run_cli("console", "--port", board.port, "--json", "config", "get", "intervl_s")
+    assert len(proc.stdout.splitlines()) == 1  # --json: the meter's answer line only
 
 
 def test_secrets_stay_masked(board):
@@ -154,6 +163,15 @@ def test_pretty_wraps_long_lists_and_keeps_json():
     assert max(len(line) for line in text.splitlines()) <= 100
     assert text.index('"a"') < text.index('"b"')  # sorted keys
     assert pretty({"n": 1}) == '{"n": 1}'
+
+
+def test_config_keys_are_dotted_paths():
+    cfg = {"interval_s": 10, "http": {"url": "x", "token": "***"},
+           "channels": [{"pin": 34, "calibration": None}]}
+    assert config_keys(cfg) == ["interval_s", "http", "http.url", "http.token", "channels",
+                                "channels.0", "channels.0.pin", "channels.0.calibration"]
+    assert closest_key("htp.url", config_keys(cfg)) == "http.url"
+    assert closest_key("banana", config_keys(cfg)) is None
 
 
 def test_secret_lines_detected():

@@ -16,6 +16,7 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import re
 import sys
 
 from ctmeter.errors import CommandError
@@ -126,11 +127,43 @@ def do_line(link: MeterLink, line: str, as_json: bool, out=None) -> dict:
         return answer
     answer = link.cmd_raw(line)
     show(answer, link.last_line, as_json, out)
-    if not as_json and str(answer.get("error", "")).startswith("unknown "):
+    error = str(answer.get("error", ""))
+    if not as_json and error.startswith("unknown "):
         guess = closest_command(words, _command_words(link))
         if guess:
             print(f"did you mean `{guess}`?", file=out)
+    unknown_key = re.fullmatch(r"config: (\S+) is not a known key", error)
+    if not as_json and unknown_key:
+        guess = closest_key(unknown_key.group(1), _config_keys(link))
+        if guess:
+            print(f"did you mean `{guess}`?", file=out)
     return answer
+
+
+def closest_key(typed: str, keys: list):
+    """The config key (dotted path) that `typed` most likely meant, or None."""
+    hits = difflib.get_close_matches(typed, keys, n=1, cutoff=0.75)
+    return hits[0] if hits else None
+
+
+def config_keys(config, prefix="") -> list:
+    """Every dotted key path of a config as `config get` shows it (channels.0.sensor, ...)."""
+    items = (config.items() if isinstance(config, dict)
+             else enumerate(config) if isinstance(config, list) else ())
+    keys = []
+    for k, v in items:
+        path = f"{prefix}{k}"
+        keys.append(path)
+        keys.extend(config_keys(v, path + "."))
+    return keys
+
+
+def _config_keys(link) -> list:
+    try:
+        answer = link.cmd_raw("config get")
+    except CommandError:
+        return []
+    return config_keys({k: v for k, v in answer.items() if k not in ("ok", "cmd")})
 
 
 def closest_command(words: list, names: list):
