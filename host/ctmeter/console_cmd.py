@@ -128,7 +128,7 @@ def do_line(link: MeterLink, line: str, as_json: bool, out=None) -> dict:
     answer = link.cmd_raw(line)
     show(answer, link.last_line, as_json, out)
     error = str(answer.get("error", ""))
-    if not as_json and error.startswith("unknown "):
+    if not as_json and re.fullmatch(r"unknown (\S+ sub)?command \(try help\)", error):
         guess = closest_command(words, _command_words(link))
         if guess:
             print(f"did you mean `{guess}`?", file=out)
