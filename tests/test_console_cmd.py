@@ -73,7 +73,7 @@ def test_one_shot_device_error_exits_non_zero(board):
     assert "did you mean `cal zero`?" in proc.stdout
     proc = run_cli("console", "--port", board.port, "frobnicate")
     assert "did you mean" not in proc.stdout  # nothing close: no guess
-    proc = run_cli("console", "--port", board.port, "cal", "apply", "1", '{"gian": 1}')
+    proc = run_cli("console", "--port", board.port, "cal", "apply", "0", '{"gian": 1}')
     assert "unknown calibration key" in proc.stdout  # a known command refusing its input:
     assert "did you mean" not in proc.stdout  # no command to guess
     # and a mistyped config key, the closest key of the meter's own config
