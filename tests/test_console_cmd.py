@@ -183,3 +183,12 @@ def test_secret_lines_detected():
     assert sets_secret("config  set mqtt.pass y")
     assert not sets_secret("config set wifi.ssid home")
     assert not sets_secret("config get wifi.password")
+    # mistyped: refused by the meter, but the value is still the secret
+    assert sets_secret("config set wifi.pasword hunter2")
+    assert sets_secret("config set http.tokn abc")
+    assert sets_secret("confg set mqtt.password y")
+    assert sets_secret("config set mqtt.passwrd y")
+    assert sets_secret('config set wifi {"ssid": "home", "password": "hunter2"}')
+    for line in ("config set interval_s 30", "cal apply 0 {\"gain\": 1.02}", "scope 0 400",
+                 "energy set 1 12.5", "config set device_id kitchen", "mode json", "status"):
+        assert not sets_secret(line), line

@@ -29,6 +29,7 @@ LOCAL_HELP = ("local: exit | quit | Ctrl-D leave;  mode [json|human] shows or se
               "the meter is left in;  reboot waits for the boot line")
 # words that mark a config key as secret; such `config set` lines never reach the history
 _SECRET_WORDS = ("pass", "pwd", "secret", "token", "psk", "key", "auth", "credential")
+_SECRET_NAMES = ("password", "passwd", "token", "secret", "credential")  # and typos of them
 
 
 def register(subparsers):
@@ -92,11 +93,20 @@ def show(answer: dict, raw_line: str, as_json: bool, out=None) -> None:
 
 
 def sets_secret(line: str) -> bool:
-    """True for `config set <key> ...` where the key looks secret (kept out of history)."""
+    """True for a line that may carry a secret, kept out of the history: one that names a
+    secret-looking key (`config set wifi.password ...`, `config set wifi {"password": ...}`),
+    also when the key or the command is mistyped (`config set wifi.pasword ...`,
+    `confg set http.token ...`): the meter refuses those, but the value typed is still the
+    secret. `config get` lines type no value (the meter masks its answer)."""
     words = line.split()
-    if len(words) < 3 or words[:2] != ["config", "set"]:
+    if words[:2] == ["config", "get"]:
         return False
-    return any(w in words[2].lower() for w in _SECRET_WORDS)
+    for word in words:
+        for part in re.split(r"[^a-z]+", word.lower()):
+            if any(w in part for w in _SECRET_WORDS) or \
+                    difflib.get_close_matches(part, _SECRET_NAMES, n=1, cutoff=0.75):
+                return True
+    return False
 
 
 # ------------------------------------------------------------------------- one line
