@@ -120,10 +120,16 @@ def test_halted_freezes_the_chip_and_it_resumes_where_it_stopped(tmp_path):
     assert after and after[0] > before[-1] and resets == []  # the same run, continued
 
 
-def _read_for(fd, seconds, until=None):
-    """What the port prints within `seconds` (less if `until` shows up first)."""
+def _read_for(fd, seconds, until=None, whole_line=False):
+    """What the port prints within `seconds` (less if `until` shows up first; with
+    `whole_line`, once the line holding it has ended: the meter writes a JSON answer in
+    pieces, and its "cmd" key comes before the end)."""
+    def done(out):
+        at = out.find(until) if until else -1
+        return at >= 0 and (not whole_line or out.find(b"\n", at) >= 0)
+
     out, end = b"", time.monotonic() + seconds
-    while time.monotonic() < end and not (until and until in out):
+    while time.monotonic() < end and not done(out):
         if select.select([fd], [], [], 0.05)[0]:
             out += os.read(fd, 4096)
     return out
@@ -279,8 +285,8 @@ def test_a_graceful_stop_lets_the_meter_save_its_energy(tmp_path):
             assert b"ctmeter-boot" in _read_for(fd, 20, until=b"ctmeter-boot")
             time.sleep(1.0)
             os.write(fd, b"status\r\n")
-            line = [ln for ln in _read_for(fd, 10, until=b'"cmd": "status"').splitlines()
-                    if b'"cmd": "status"' in ln]
+            out = _read_for(fd, 10, until=b'"cmd": "status"', whole_line=True)
+            line = [ln for ln in out.splitlines() if b'"cmd": "status"' in ln]
             assert line, vb.transcript()[-2000:]
             kwh = float(json.loads(line[0])["energy_kwh"][0])
         finally:
