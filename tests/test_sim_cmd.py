@@ -14,7 +14,7 @@ import time
 
 import pytest
 from ctmeter.model import Channel, Frontend, Inductive, Mains, Profile, Resistive, Standby, Stream
-from ctmeter.sim_cmd import LoadControl, LoadSpecError, parse_load
+from ctmeter.sim_cmd import LoadControl, LoadSpecError, parse_load, stop_in
 from ctmeter.transport import EXIT_USAGE
 
 
@@ -110,6 +110,14 @@ def test_load_control_changes_the_stream_from_the_next_samples():
     assert "cannot read the load 'banana'" in loads.handle("load banana")
     assert "unknown command" in loads.handle("lod 5A")
     assert loads.handle("   ") is None
+
+
+def test_sim_shows_a_stop_line_once_it_has_ended():
+    line = "ctmeter-stopped MemoryError: memory allocation failed (restart in 20 s, Ctrl-C"
+    assert stop_in("boot\n" + line[:30]) is None  # still being written
+    assert stop_in("boot\n" + line + " for the REPL)\r\n") == \
+        "MemoryError: memory allocation failed"
+    assert stop_in("") is None
 
 
 def test_sim_refuses_a_bad_load_before_starting(tmp_path):

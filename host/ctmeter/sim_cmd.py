@@ -224,6 +224,12 @@ def _latest(collector, device_id, admin):
     return sorted(rows, key=lambda r: r.get("seq", 0))
 
 
+def stop_in(transcript):
+    """Why the meter stopped, from the board's output so far: the last stop line that has
+    ended (one still being written would be shown cut short, then again whole)."""
+    return stop_reason(transcript[:transcript.rfind("\n") + 1])
+
+
 def _heap(text):
     """--heap as MicroPython's -X heapsize takes it (bytes, or with a k/m suffix)."""
     if text is None:
@@ -324,7 +330,7 @@ def run(args):
             next_poll = time.monotonic() + 1.0
             if board.feed.error:
                 raise CommandError(f"sensor feed failed: {board.feed.error}")
-            stop = stop_reason(board.transcript())
+            stop = stop_in(board.transcript())
             if stop and (len(board.resets), stop) != shown_stop:
                 # the meter could not start (or stopped): say so once per start, not silence
                 shown_stop = (len(board.resets), stop)
