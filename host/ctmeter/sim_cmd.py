@@ -4,7 +4,7 @@ collector on SQLite; prints the board's port, the dashboard URL and live reading
 
     ctmeter sim                      # real time, until Ctrl-C (what `make sim` runs)
     ctmeter sim --clock fast --duration 20     # simulated time as fast as it goes
-                                     # (~300 x here: the collector refuses readings dated
+                                     # (~270 x here: the collector refuses readings dated
                                      # over a day ahead, so keep fast runs to minutes, or
                                      # --fresh: a run starts after the folder's last reading)
     ctmeter sim --load 2000W         # a steady reference load instead of the household
