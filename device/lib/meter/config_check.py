@@ -14,7 +14,9 @@ try:
 except ImportError:  # CPython
     from meter.cpython_shims import const
 
-_ID_CHARS = const("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
+# bytes: text is checked byte by byte, as iterating a str would intern each character it
+# meets as a name for good on MicroPython (meter.jsontext)
+_ID_CHARS = const(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
 
 
 def defaults():
@@ -89,7 +91,7 @@ _CHANNEL = {"pin": ("pin",), "sensor": ("str", 1, 32), "burden_ohm": ("burden",)
             "name": ("id", 1, 32), "calibration": ("obj",), "amps_per_count": ("scale",)}
 _VOLTAGE = {"pin": ("pin",), "sensor": ("str", 1, 32), "calibration": ("obj",),
             "volts_per_count": ("scale",)}
-_HEX = const("0123456789abcdefABCDEF")
+_HEX = const(b"0123456789abcdefABCDEF")
 
 
 def _check(key, rule, v):
@@ -126,18 +128,18 @@ def _check(key, rule, v):
         n = len(v.encode())
         if not rule[1] <= n <= rule[2]:
             _fail(key, _ID if kind == "id" else "must be %d to %d bytes long" % rule[1:])
-        if kind == "id" and any(c not in _ID_CHARS for c in v):
+        if kind == "id" and any(b not in _ID_CHARS for b in v.encode()):
             _fail(key, _ID)
     elif kind == "wpa":
         n = len(v.encode())
-        if n and not (8 <= n <= 63 or (n == 64 and all(c in _HEX for c in v))):
+        if n and not (8 <= n <= 63 or (n == 64 and all(b in _HEX for b in v.encode()))):
             _fail(key, "must be empty (open network) or 8 to 63 characters (WPA2)")
     elif kind == "path":
         if not v.startswith("/") or len(v) > 128 or " " in v:
             _fail(key, "must start with / and be at most 128 characters without spaces")
     elif kind == "prefix":
-        if (not 1 <= len(v) <= 64 or any(c not in _ID_CHARS and c != "/" for c in v)
-                or v[0] == "/" or v[-1] == "/" or "//" in v):
+        if (not 1 <= len(v) <= 64 or any(b not in _ID_CHARS and b != 0x2F for b in v.encode())
+                or v.startswith("/") or v.endswith("/") or "//" in v):
             _fail(key, "must be 1 to 64 characters A-Z a-z 0-9 _ - /, no leading, trailing "
                   "or double /")
     elif kind == "url" and v:
@@ -145,7 +147,7 @@ def _check(key, rule, v):
         for s in rule[1]:
             if v.startswith(s + "://"):
                 host = v[len(s) + 3:].split("/", 1)[0]
-        if not host or host[0] == ":" or len(v) > 200 or " " in v:
+        if not host or host.startswith(":") or len(v) > 200 or " " in v:
             _fail(key, "must be empty or a URL %s://host[:port]/... (at most 200 characters)"
                   % "://, ".join(rule[1]))
         if "@" in host:

@@ -59,10 +59,12 @@ _TAB = const(9)
 
 
 def _is_digits(s):
+    # bytes, not characters: iterating a str interns each character it meets as a name for
+    # good on MicroPython (meter.jsontext); str.isdigit would take non-ASCII digits
     if not s:
         return False
-    for c in s:
-        if c < "0" or c > "9":
+    for b in s.encode():
+        if b < 0x30 or b > 0x39:
             return False
     return True
 
@@ -186,10 +188,11 @@ def JsonObject():  # noqa: N802
 
 
 def _parse_key(s):
-    ok = 0 < len(s) <= _KEY_LEN and "a" <= s[0] <= "z"
+    b = s.encode()  # bytes, not characters (_is_digits)
+    ok = 0 < len(b) <= _KEY_LEN and 0x61 <= b[0] <= 0x7A
     if ok:
-        for c in s:
-            if not ("a" <= c <= "z" or "0" <= c <= "9" or c == "_" or c == "."):
+        for c in b:
+            if not (0x61 <= c <= 0x7A or 0x30 <= c <= 0x39 or c == 0x5F or c == 0x2E):
                 ok = False
                 break
     if not ok:

@@ -31,14 +31,16 @@ def is_secret_key(name):
     for w in SECRET_WORDS:
         if w in name:
             return True
-    word = ""
-    for c in name + ".":
-        if "a" <= c <= "z" or "0" <= c <= "9":
-            word += c
+    # the words of the name (runs of a-z 0-9), walked as bytes: iterating a str would
+    # intern each character as a name for good on MicroPython (meter.jsontext)
+    word = bytearray()
+    for b in (name + ".").encode():
+        if 0x61 <= b <= 0x7A or 0x30 <= b <= 0x39:
+            word.append(b)
         else:
-            if word in _SECRET_EXACT:
+            if word and bytes(word).decode() in _SECRET_EXACT:
                 return True
-            word = ""
+            word = bytearray()
     return False
 
 
@@ -132,8 +134,8 @@ def respond(con, name, result, error, lines=None):
 
 
 def _printable(s):
-    for c in s:
-        if c < " " or c == "\x7f":
+    for b in s.encode():  # bytes, not characters: see is_secret_key
+        if b < 0x20 or b == 0x7F:
             return repr(s)
     return s
 

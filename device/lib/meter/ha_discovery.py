@@ -42,8 +42,9 @@ def check_id(text, what="device id"):
     """Topic-safe ids: 1..64 of letters, digits, '_' and '-' (no '/', '+', '#')."""
     ok = isinstance(text, str) and 0 < len(text) <= 64
     if ok:
-        for c in text:
-            if not ("a" <= c <= "z" or "A" <= c <= "Z" or "0" <= c <= "9" or c in "_-"):
+        for b in text.encode():  # bytes: iterating a str interns its characters (jsontext)
+            if not (0x61 <= b <= 0x7A or 0x41 <= b <= 0x5A or 0x30 <= b <= 0x39
+                    or b == 0x5F or b == 0x2D):
                 ok = False
     if not ok:
         raise DiscoveryError(what + ": 1..64 letters, digits, '_' or '-'")

@@ -98,8 +98,8 @@ class _Deadline:
 
 
 def _check_header_value(value, name):
-    for c in value:
-        if c < " " or c == "\x7f":
+    for b in value.encode():  # bytes: iterating a str interns its characters (jsontext)
+        if b < 0x20 or b == 0x7F:
             # the value may be a secret: name the header, never echo the value
             raise PostError(CONFIG, name + " contains control characters")
 

@@ -43,8 +43,8 @@ class Url:
 def _port(text):
     if not text or len(text) > 5:
         raise UrlError("bad port in URL")
-    for c in text:
-        if c < "0" or c > "9":
+    for b in text.encode():  # bytes: iterating a str interns its characters (jsontext)
+        if b < 0x30 or b > 0x39:
             raise UrlError("bad port in URL")
     port = int(text)
     if not 0 < port < 65536:
@@ -63,8 +63,8 @@ def parse(url, default_path="/"):
     if scheme not in _DEFAULT_PORTS:
         raise UrlError(f"unsupported URL scheme {scheme!r}")
     rest = url[sep + 3:]
-    for c in rest:
-        if c <= " " or c == "\x7f":
+    for b in rest.encode():
+        if b <= 0x20 or b == 0x7F:
             raise UrlError("URL contains spaces or control characters")
     slash = rest.find("/")
     if slash < 0:
