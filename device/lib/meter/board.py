@@ -54,13 +54,13 @@ except ImportError:  # CPython
 _TICKS_PERIOD = const(1 << 30)
 _TICKS_HALF = const(1 << 29)
 _CLOCK_VALID_AFTER = const(1600000000)  # 2020-09-13: a clock before this was never set
-HOLD_MIN = 15  # the watchdog is held off this long after Ctrl-C (deploys, mpremote sessions)
-STOP_PREFIX = "ctmeter-stopped "  # + "<error>: <message>" + STOP_NOTE, printed by stopped()
-STOP_NOTE = " (restart in %d s, Ctrl-C for the REPL)"
-RESTART_S = 20  # stopped(): the wait before the restart after a first stop
-RESTART_MAX_S = 640  # ... doubled for each stop in a row: 20, 40, 80, ... 640 s at most
-STOPS = "stops"  # file counting the stops in a row (a meter that cannot start, for good)
-RUN_OK_S = 600  # a meter that has run this long is well again: the count starts over
+HOLD_MIN = const(15)  # the watchdog is held off this long after Ctrl-C (deploys, mpremote sessions)
+STOP_PREFIX = const("ctmeter-stopped ")  # + "<error>: <message>" + STOP_NOTE, printed by stopped()
+STOP_NOTE = const(" (restart in %d s, Ctrl-C for the REPL)")
+RESTART_S = const(20)  # stopped(): the wait before the restart after a first stop
+RESTART_MAX_S = const(640)  # ... doubled for each stop in a row: 20, 40, 80, ... 640 s at most
+STOPS = const("stops")  # file counting the stops in a row (a meter that cannot start, for good)
+RUN_OK_S = const(600)  # a meter that has run this long is well again: the count starts over
 
 
 def ticks_diff(a, b):

@@ -52,7 +52,7 @@ except ImportError:  # CPython
 _MASK = const((1 << 30) - 1)
 _TICKS_START_US = const((1 << 30) - 60000000)
 _STAGE = const(512)  # feed bytes read at once (the rest of a burst in further reads)
-RESET_EXIT_CODE = 99
+RESET_EXIT_CODE = const(99)
 
 
 class BoardError(Exception):

@@ -25,7 +25,7 @@ try:
 except ImportError:  # CPython
     from meter.cpython_shims import const
 
-CAL_WINDOWS = 25  # 5 s of 10-cycle windows at 50 Hz per calibration measurement
+CAL_WINDOWS = const(25)  # 5 s of 10-cycle windows at 50 Hz per calibration measurement
 
 
 def status(m):

@@ -31,8 +31,8 @@ try:
 except ImportError:  # CPython
     from meter.cpython_shims import const
 
-CONFIG = "config.json"
-BACKUP = "config.json.bak"
+CONFIG = const("config.json")
+BACKUP = const("config.json.bak")
 SECRETS = ("wifi.password", "http.token", "mqtt.password")
 _MAX_FILE = const(8192)
 _RULES = const("meter.config_check")

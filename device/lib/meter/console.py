@@ -46,11 +46,11 @@ except ImportError:  # CPython
 
 MAX_LINE = const(240)  # bytes per line; stdin holds ~260, so one line fits whole
 _POLL_BYTES = const(64)  # bytes taken per poll() call: bounds the time stolen from sampling
-CMDS = "meter.console_cmds"  # reads a line (per line, dropped before the handler runs)
-OUT = "meter.console_out"  # prints the answer (per answer)
+CMDS = const("meter.console_cmds")  # reads a line (per line, dropped before the handler runs)
+OUT = const("meter.console_out")  # prints the answer (per answer)
 # What the meter prints on its serial port besides answers; host tools import these.
-BOOT_PREFIX = "ctmeter-boot "  # + JSON, once per start (meter.app)
-NO_MEMORY_ERROR = "out of memory, line dropped"
+BOOT_PREFIX = const("ctmeter-boot ")  # + JSON, once per start (meter.app)
+NO_MEMORY_ERROR = const("out of memory, line dropped")
 # built once at import: printing them when the heap is exhausted allocates nothing new
 _NO_MEMORY = "error: " + NO_MEMORY_ERROR
 _NO_MEMORY_JSON = '{"ok": false, "error": "' + NO_MEMORY_ERROR + '"}'

@@ -24,11 +24,11 @@ try:
 except ImportError:  # CPython
     from meter.cpython_shims import const
 
-Q_BITS = 24
+Q_BITS = const(24)
 _SCALE = const(16777216.0)  # 2**Q_BITS as a float: multiplying by it is exact
 UNIT = 3600000 * 16777216  # 2**-24 W*us per mWh
 MAX_POWER_W = 1.0e7  # a sanity bound: 10 MW on one channel is a bug, not a load
-STATE_VERSION = 1
+STATE_VERSION = const(1)
 
 
 class EnergyCounter:

@@ -51,13 +51,13 @@ _DRAIN_PIECE = const(128)  # read (and allocated) at once while draining, at mos
 _MIN_SLICE_MS = const(1)  # smallest socket timeout we set while the deadline runs out
 _MBEDTLS_ERR_SSL_TIMEOUT = const(-0x6800)
 
-REFUSED = "refused"
-TIMEOUT = "timeout"
-DNS = "dns"
-TLS = "tls"
-PROTOCOL = "protocol"
-NETWORK = "network"
-CONFIG = "config"
+REFUSED = const("refused")
+TIMEOUT = const("timeout")
+DNS = const("dns")
+TLS = const("tls")
+PROTOCOL = const("protocol")
+NETWORK = const("network")
+CONFIG = const("config")
 KINDS = (REFUSED, TIMEOUT, DNS, TLS, PROTOCOL, NETWORK, CONFIG)
 
 _TIMEOUT_ERRNOS = (errno.ETIMEDOUT, errno.EAGAIN)

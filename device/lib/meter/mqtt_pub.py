@@ -53,15 +53,15 @@ except ImportError:  # CPython
     from meter.cpython_shims import const
 
 
-REFUSED = "refused"
-TIMEOUT = "timeout"
-DNS = "dns"
-TLS = "tls"
-PROTOCOL = "protocol"
-NETWORK = "network"
-REJECTED = "rejected"  # CONNACK with an error code, e.g. bad credentials
-BACKOFF = "backoff"
-CONFIG = "config"
+REFUSED = const("refused")
+TIMEOUT = const("timeout")
+DNS = const("dns")
+TLS = const("tls")
+PROTOCOL = const("protocol")
+NETWORK = const("network")
+REJECTED = const("rejected")  # CONNACK with an error code, e.g. bad credentials
+BACKOFF = const("backoff")
+CONFIG = const("config")
 _CONNECT = const("connect")
 
 class MqttError(OSError):
