@@ -16,8 +16,9 @@ deployed, running on the virtual board.
 
 Unix: the deployed build (`ctmeter deploy` for the virtual board: bytecode, viper kernels as
 x64 machine code, which lives outside the GC heap there as on the chip). Webassembly: the same
-modules compiled to bytecode only (the port has no native emitter), the kernels as their
-bytecode variant (bench.kernels_bench), no board layer. The webassembly port's package is
+modules, renamed as the build renames them (ctmeter.minify), compiled to bytecode only (the
+port has no native emitter), the kernels as their bytecode variant (bench.kernels_bench), no
+board layer. The webassembly port's package is
 pinned in bench/wasm/package.json and installed there with `npm ci` on first use.
 """
 
@@ -31,6 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from ctmeter import minify
 from ctmeter.paths import DEVICE_LIB, ROOT, micropython_binary
 from ctmeter.virtual.meter import deploy_to_flash
 
@@ -162,9 +164,11 @@ def wasm():
     with tempfile.TemporaryDirectory() as tmp:
         lib = Path(tmp) / "lib" / "meter"
         lib.mkdir(parents=True)
-        sources = {p.name: p.read_text() for p in (DEVICE_LIB / "meter").glob("*.py")
-                   if p.stem not in _NOT_BYTECODE}
-        sources["kernels.py"] = kernels_bench.variant_source("bytecode")
+        every = {"meter." + p.stem: p.read_text() for p in (DEVICE_LIB / "meter").glob("*.py")}
+        every["meter.kernels"] = kernels_bench.variant_source("bytecode")
+        every, _ = minify.minify(every)  # renamed as the build does (ctmeter.minify)
+        sources = {mod[6:] + ".py": text for mod, text in every.items()
+                   if mod[6:] not in _NOT_BYTECODE or mod == "meter.kernels"}
         for name, text in sources.items():
             src = Path(tmp) / name
             src.write_text(text)
