@@ -30,7 +30,9 @@ def _run_file(name):
     except OSError:
         return
     try:
-        exec(compile(source, name, "exec"), _globals)
+        code = compile(source, name, "exec")
+        source = None  # a board reads main.py as it compiles it: the text is not kept
+        exec(code, _globals)
     except KeyboardInterrupt as exc:
         sys.print_exception(exc)
     except SystemExit:

@@ -16,9 +16,11 @@ import uctypes
 from vfs import *  # noqa: F401,F403
 from vfs import VfsRom, mount
 
-_ENODEV = 19
-_EINVAL = 22
-_MIN_WRITE = 4
+from micropython import const
+
+_ENODEV = const(19)  # folded by the compiler: no names of its own on the chip
+_EINVAL = const(22)
+_MIN_WRITE = const(4)
 
 _a, _n, _block = [int(x) for x in getenv("CTMETER_ROM").split(":")]
 _part = uctypes.bytearray_at(_a, _n)
