@@ -86,7 +86,7 @@ class _Module:
         self.attrs = defaultdict(list)  # attribute name -> [class of `self` or None]
         self.members = defaultdict(set)  # name defined in a class body -> {class}
         self.classes = {}  # class name -> [base names]
-        self.consts = {}  # public NAME = const(int) at module level -> value
+        self.consts = {}  # public NAME = const(...) at module level -> value (or None)
         self.folded = set()  # _NAME = const(...): the compiler folds these, no name left
         self.values = {}  # every const() integer's value, for the expressions of others
         self.aliases = {}  # local name -> module name, for `from pkg import mod [as x]`
@@ -169,8 +169,8 @@ class _Module:
                 self.values[name] = value
             if name.startswith("_"):
                 self.folded.add(name)
-            elif value is not None:
-                self.consts[name] = value
+            else:
+                self.consts[name] = value  # None: not one this module can write in elsewhere
 
 
 def _base_name(b):
@@ -265,10 +265,12 @@ def _hierarchies(mods):
 
 
 def _occurrences(m, name):
-    """How many times `name` appears in module m as an identifier, and how many of those
-    are `alias.name` reads of a module the alias stands for."""
-    total = reads = 0
+    """How many times `name` appears in module m as an identifier, how many of those are
+    `alias.name` reads of a module the alias stands for, and how many are attributes."""
+    total = reads = attrs = 0
     for node in ast.walk(m.tree):
+        if isinstance(node, ast.Attribute) and node.attr == name:
+            attrs += 1
         for field in ("id", "arg", "attr", "name"):
             if getattr(node, field, None) == name and not isinstance(node, ast.alias):
                 total += 1
@@ -280,7 +282,7 @@ def _occurrences(m, name):
                 and isinstance(node.ctx, ast.Load) and isinstance(node.value, ast.Name)
                 and node.value.id in m.aliases and node.value.id not in m.params):
             reads += 1
-    return total, reads
+    return total, reads, attrs
 
 
 def plan(sources, keep=()):
@@ -316,15 +318,19 @@ def plan(sources, keep=()):
         if m.name in keep:
             continue
         for name, value in m.consts.items():
-            if ("_" + name) in used or name in m.params or name in never:
+            if ("_" + name) in m.idents or name in m.params or name in never:
                 continue
             if any(a.attr == name for a in ast.walk(m.tree) if isinstance(a, ast.Attribute)):
                 continue
             readers = {}
             for other in where[name] - {m.name}:
                 o = by_name[other]
-                o_total, o_reads = _occurrences(o, name)
-                if other in keep or o_total != o_reads:
+                o_total, o_reads, o_attrs = _occurrences(o, name)
+                # another module may read it as alias.NAME (written in), or have a NAME of
+                # its own (bound there, not imported): nothing else
+                own = name in o.module_level and name not in o.imported
+                if other in keep or o_attrs != o_reads or (o_total != o_reads and not own) \
+                        or (o_reads and value is None):
                     break
                 readers[other] = [a for a, t in o.aliases.items() if t == m.name]
             else:

@@ -20,10 +20,7 @@ counted (`rejected`) instead of blocking the outbox for ever; 401/403, 408, 429 
 keep it and back off (2 s doubling to 5 min).
 """
 
-import gc
 import math
-
-from meter import reading
 
 try:
     from micropython import const
@@ -59,7 +56,11 @@ def check_http(m):
 
 
 def readings(m):
-    """One reading per channel for the interval that ended; sent, or kept in the outbox."""
+    """One reading per channel for the interval that ended, left in m.unsent for flush()
+    (Meter calls it next, in a load of its own: the reading format and the HTTP client
+    are never in the heap together)."""
+    from meter import reading
+
     ts = m.board.unix_time()
     out = []
     for i in range(m.nchan):
@@ -77,10 +78,8 @@ def readings(m):
     # Held by the meter until sent or stored: if loading the HTTP client or the outbox
     # fails for lack of memory, the next window's flush() tries again; nothing is lost.
     m.unsent += out
-    gc.collect()
     if m.http and m.mqtt is not None:
         _mirror(m, out)  # a live mirror; HTTP is the delivery that keeps order
-    flush(m)
 
 
 def flush(m):

@@ -58,9 +58,13 @@ TLS = const("tls")
 PROTOCOL = const("protocol")
 NETWORK = const("network")
 CONFIG = const("config")
-KINDS = (REFUSED, TIMEOUT, DNS, TLS, PROTOCOL, NETWORK, CONFIG)
+KINDS = const((REFUSED, TIMEOUT, DNS, TLS, PROTOCOL, NETWORK, CONFIG))
 
 _TIMEOUT_ERRNOS = (errno.ETIMEDOUT, errno.EAGAIN)
+
+
+_HEAD = const("POST %s HTTP/1.1\r\nHost: %s\r\n%sContent-Type: application/json\r\n"
+               "Content-Length: %d\r\nConnection: close\r\nUser-Agent: ctmeter\r\n\r\n")
 
 
 class PostError(Exception):
@@ -146,9 +150,7 @@ class HttpPoster:
 
     def post(self, body):
         """POST one JSON document (str or bytes). Returns the HTTP status code."""
-        if isinstance(body, str):
-            body = body.encode()
-        return self._request(body)
+        return self._request(body)  # written from the str itself: no encoded copy
 
     def post_batch(self, bodies):
         """POST several JSON readings as one JSON array. Returns the HTTP status code.
@@ -157,10 +159,9 @@ class HttpPoster:
         """
         if not bodies:
             raise PostError(CONFIG, "empty batch")
-        parts = []
-        for b in bodies:
-            parts.append(b.encode() if isinstance(b, str) else b)
-        return self._request(b"[" + b",".join(parts) + b"]")
+        # one joined copy and one bracketed: each copy of a batch is a block in one piece
+        return self._request("[%s]" % ",".join(
+            b if isinstance(b, str) else b.decode() for b in bodies))
 
     # -- one request ---------------------------------------------------------------------------
 
@@ -219,17 +220,13 @@ class HttpPoster:
             raise PostError(TLS, f"TLS handshake with {self._host_header} failed ({exc})") from None
 
     def _send(self, raw, stream, body, deadline):
-        u = self._url
-        head = f"POST {u.path} HTTP/1.1\r\nHost: {self._host_header}\r\n"
-        if self._token is not None:
-            head += "Authorization: Bearer " + self._token + "\r\n"
-        head += (
-            "Content-Type: application/json\r\nContent-Length: "
-            + str(len(body))
-            + "\r\nConnection: close\r\nUser-Agent: ctmeter\r\n\r\n"
-        )
-        for chunk in (head.encode(), body):
-            view = memoryview(chunk)
+        # str or bytes, written through a memoryview (MicroPython gives a str's UTF-8 bytes):
+        # the head in one piece, and nothing encoded or concatenated again
+        body = memoryview(body)
+        head = _HEAD % (self._url.path, self._host_header,
+                        "" if self._token is None else
+                        "Authorization: Bearer " + self._token + "\r\n", len(body))
+        for view in (memoryview(head), body):
             while len(view):
                 deadline.arm(raw, "sending")
                 try:
