@@ -60,7 +60,10 @@ PKG = {
         "    return run(keyword_only=3)\n"
     ),
     "pkg.sub": (
+        "from micropython import const\n"
         "from pkg.user import Box\n"
+        "\n"
+        "WIDTH = const(3)  # its own, not pkg.consts'\n"
         "\n"
         "class Bigger(Box):\n"
         "    def __init__(self, size):\n"
@@ -68,7 +71,7 @@ PKG = {
         "        self._extra = size * 2\n"
         "\n"
         "    def total(self):\n"
-        "        return self._extra + self.grow(0)\n"
+        "        return self._extra + self.grow(0) + WIDTH\n"
     ),
 }
 SHIM = "def const(x):\n    return x\n"
@@ -118,6 +121,7 @@ def test_what_is_renamed_and_what_is_not(renamed):
     assert "grow" not in user and "run" not in user and "Box" not in user  # public
     assert "SHARED" not in names["pkg.consts"]  # imported by name elsewhere
     assert names["pkg.consts"] == {"_WIDTH": "WIDTH", "_NAME": "NAME"}
+    assert names["pkg.sub"]["_WIDTH"] == "WIDTH"  # a sibling's own NAME: folded there too
     assert "C.WIDTH" not in new["pkg.user"] and "C.NAME" not in new["pkg.user"]
     assert "'eight'" in new["pkg.user"]  # written in where it is read
 

@@ -25,7 +25,7 @@ module; stand-ins are ROM names no module uses):
   for keyword matching only);
 - public `NAME = const(...)` values: where another module reads one as `alias.NAME`,
   the value is written in instead, and the name becomes `_NAME`, which MicroPython's
-  compiler folds away.
+  compiler folds away (a module with a NAME of its own keeps reading its own).
 Never renamed: a name that appears in a string (getattr, __slots__, JSON keys), inside an
 f-string, as a keyword argument, in an import, or as an attribute of anything but `self`.
 
