@@ -11,7 +11,6 @@ import subprocess
 import sys
 
 import pytest
-
 from ctmeter import minify
 from ctmeter.paths import DEVICE_LIB, micropython_binary
 
@@ -131,7 +130,7 @@ def test_lines_stay_where_they_were(renamed):
     for mod, text in PKG.items():
         old_lines, new_lines = text.splitlines(), new[mod].splitlines()
         assert len(old_lines) == len(new_lines)
-        for a, b in zip(old_lines, new_lines):
+        for a, b in zip(old_lines, new_lines, strict=True):
             assert (a.strip() == "") == (b.strip() == "")
             assert len(a) - len(a.lstrip()) == len(b) - len(b.lstrip())  # indentation
 

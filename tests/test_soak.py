@@ -16,7 +16,7 @@ Measured with this config (one current channel, voltage, HTTP; `make bench`, hea
 KB = 1024 bytes), modules in lib/ (loaded into the heap): 72 KB in use after a collection
 between windows, 79 KB while `status` is answered (the command handlers and the answer's
 formatting are loaded for each line, the parser only while the line is read); 96 KB ran the
-week twice, at 92 KB the start-up runs out. Modules in a ROMFS partition (run in place from
+week twice, 92 KB two days (bench), at 88 KB the start-up runs out. Modules in a ROMFS partition (run in place from
 the flash, as `ctmeter deploy` does on a board with one; the virtual board's partition:
 ctmeter.virtual.rom_partition): 51 KB in use, 56 KB answering `status`; 72 KB ran the week
 every time, 68 KB is the edge (two weeks ran; one 2-day run in five dropped a `status` line

@@ -28,6 +28,9 @@ module; stand-ins are ROM names no module uses):
   compiler folds away (a module with a NAME of its own keeps reading its own).
 Never renamed: a name that appears in a string (getattr, __slots__, JSON keys), inside an
 f-string, as a keyword argument, in an import, or as an attribute of anything but `self`.
+What the build cannot see: a name made at run time (`getattr(obj, "_" + part)`). The
+firmware's only computed lookups are of public names (the console's command handlers,
+meter.deliver's entry points), which are never renamed; keep it that way.
 
 The result is checked: the new source must parse to the original syntax tree with exactly
 these renames and substitutions, or the build stops. Tracebacks from a renamed module name

@@ -13,10 +13,9 @@
 from os import getenv
 
 import uctypes
+from micropython import const
 from vfs import *  # noqa: F401,F403
 from vfs import VfsRom, mount
-
-from micropython import const
 
 _ENODEV = const(19)  # folded by the compiler: no names of its own on the chip
 _EINVAL = const(22)
