@@ -64,6 +64,12 @@ STATIC_NAMES = (
 ).split()
 
 
+_BUILTIN_ATTRS = frozenset(
+    a for t in (object, dict, list, tuple, set, str, bytes, bytearray, memoryview, int, float,
+                BaseException, OSError, StopIteration, type((lambda: (yield))()))
+    for a in dir(t))
+
+
 class MinifyError(RuntimeError):
     """The renamed source does not match the original (a bug here): nothing is built."""
 
@@ -167,7 +173,7 @@ class _Module:
                 and isinstance(node.value.func, ast.Name) and node.value.func.id == "const"
                 and len(node.value.args) == 1):
             name = node.targets[0].id
-            value = _int_value(node.value.args[0], self.values)
+            value = _const_value(node.value.args[0], self.values)
             if value is not None:
                 self.values[name] = value
             if name.startswith("_"):
@@ -218,7 +224,7 @@ def _bound_at(stmt):
     return out
 
 
-def _int_value(node, known):
+def _const_value(node, known):
     """The value of a constant expression: a str or bytes literal, or integers (literals,
     known constants, + - * // << >> | & ~ and unary -); None for anything else."""
     if isinstance(node, ast.Constant) and type(node.value) in (int, str, bytes):
@@ -226,12 +232,12 @@ def _int_value(node, known):
     if isinstance(node, ast.Name) and node.id in known:
         return known[node.id]
     if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.Invert)):
-        v = _int_value(node.operand, known)
+        v = _const_value(node.operand, known)
         if type(v) is not int:
             return None
         return -v if isinstance(node.op, ast.USub) else ~v
     if isinstance(node, ast.BinOp):
-        a, b = _int_value(node.left, known), _int_value(node.right, known)
+        a, b = _const_value(node.left, known), _const_value(node.right, known)
         if type(a) is not int or type(b) is not int:
             return None
         ops = {ast.Add: lambda: a + b, ast.Sub: lambda: a - b, ast.Mult: lambda: a * b,
@@ -364,8 +370,9 @@ def plan(sources, keep=()):
         mine = set()
         for name, groups in attrs:
             # an attribute's stand-in is unique in each class hierarchy it lives in, so
-            # two modules' renamed attributes never meet on one object
-            pick = next((s for s in free if s not in mine
+            # two modules' renamed attributes never meet on one object, and is no method
+            # of a built-in type a class might derive from (dict.update, list.copy)
+            pick = next((s for s in free if s not in mine and s not in _BUILTIN_ATTRS
                          and not any(s in taken[g] for g in groups)), None)
             if pick is None:
                 continue  # no ROM name left: keeping the name costs what renaming would
