@@ -131,13 +131,13 @@ def test_heap_section_measures_the_firmware_on_the_unix_port(tmp_path, monkeypat
     # the 32-bit port needs node and npm; its failure is recorded, not raised
     monkeypatch.setattr(heap, "wasm", lambda: (_ for _ in ()).throw(
         heap.HeapBenchError("node and npm are needed")))
-    # the smallest-heap search, shortened: 0.2 simulated days per size in 8 KB steps, 96-128
-    # KB from the filesystem (the meter does not start in 96 KB and runs in 128), 64-96 KB
-    # from a ROMFS partition (it does not start in 64 KB): make bench's soak is 2 days
+    # the smallest-heap search, shortened: 0.2 simulated days per size in 8 KB steps, 80-112
+    # KB from the filesystem (the meter does not start in 80 KB and runs in 112), 56-88 KB
+    # from a ROMFS partition (it does not start in 56 KB): make bench's soak is 2 days
     search = heap_floor.smallest
 
     def smallest(romfs=False):
-        low, high = (64, 96) if romfs else (96, 128)
+        low, high = (56, 88) if romfs else (80, 112)
         return search(days=0.2, low_kb=low, high_kb=high, step_kb=8, romfs=romfs)
 
     monkeypatch.setattr(heap_floor, "smallest", smallest)
@@ -163,7 +163,7 @@ def test_heap_section_measures_the_firmware_on_the_unix_port(tmp_path, monkeypat
     assert "32-bit port not measured: node and npm are needed" in doc
     # the smallest heap: a size that ran, the size below it failing for lack of memory
     fl = h["floor"]
-    assert fl["kb"] in (104, 112, 120, 128), fl
+    assert fl["kb"] in (88, 96, 104, 112), fl
     assert fl["tried"][str(fl["kb"])] == "ran"
     assert fl["below"]["kb"] == fl["kb"] - 8
     assert "MemoryError" in fl["below"]["failure"], fl
