@@ -178,7 +178,8 @@ def _renamed(sources, vendor_dir: Path, out_dir: Path) -> dict:
             keep.add(name)
         texts[name] = src.read_text(encoding="utf-8")
         dest_of[name] = dest
-    key = _sha(json.dumps([texts, sorted(keep)], sort_keys=True).encode())
+    rules = Path(minify.__file__).read_text(encoding="utf-8")  # a new rule: a new renaming
+    key = _sha(json.dumps([texts, sorted(keep), rules], sort_keys=True).encode())
     cache = out_dir / "renamed.json"  # the renaming reads every module: ~1 s, done once
     if key in _RENAMED:
         out, names = _RENAMED[key]
