@@ -16,13 +16,13 @@ Measured with this config (one current channel, voltage, HTTP; `make bench`, hea
 KB = 1024 bytes), modules in lib/ (loaded into the heap): 72 KB in use after a collection
 between windows, 79 KB while `status` is answered (the command handlers and the answer's
 formatting are loaded for each line, the parser only while the line is read); 96 KB ran the
-week twice, 92 KB two days (bench), at 88 KB the start-up runs out. Modules in a ROMFS partition (run in place from
-the flash, as `ctmeter deploy` does on a board with one; the virtual board's partition:
-ctmeter.virtual.rom_partition): 51 KB in use, 56 KB answering `status`; 72 KB ran the week
-every time, 68 KB is the edge (two weeks ran; one 2-day run in five dropped a `status` line
-after a day). (Before the build renamed names only one module uses, ctmeter.minify, each
-took 8 KB more.) Each parametrization keeps 8 KB above the smallest size that ran the week
-every time. What stays in the heap is listed in the README
+week twice, 92 KB two days (bench), at 88 KB the start-up runs out. Modules in a ROMFS
+partition (run in place from the flash, as `ctmeter deploy` does on a board with one; the
+virtual board's partition: ctmeter.virtual.rom_partition): 51 KB in use, 56 KB answering
+`status`; 72 KB ran the week every time, 68 KB is the edge (two weeks ran; one 2-day run in
+nine dropped a `status` line after a day). (Before the build renamed names only one module
+uses, ctmeter.minify, each took 8 KB more.) Each parametrization keeps 8 KB above the
+smallest size that ran the week every time. What stays in the heap is listed in the README
 (Known gaps); the gap is recorded in the firmware issue.
 """
 

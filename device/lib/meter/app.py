@@ -215,10 +215,9 @@ class Meter:
             self._update_duty()
             if self._clock_ready():
                 self._deliver_use("readings")
-        if self.unsent:  # the interval's readings (or ones a MemoryError left): send or store
+        if self.unsent:  # left by a MemoryError while delivering: send or store them first
             self._deliver_use("flush")
-        if not self.unsent and self.outbox_depth and (self.http or self.mqtt is not None) \
-                and self.link_ready():
+        elif self.outbox_depth and (self.http or self.mqtt is not None) and self.link_ready():
             self._deliver_use("drain")
         if self.store.should_persist(now_ms):
             self.persist(now_ms)

@@ -20,7 +20,10 @@ counted (`rejected`) instead of blocking the outbox for ever; 401/403, 408, 429 
 keep it and back off (2 s doubling to 5 min).
 """
 
+import gc
 import math
+
+from meter import modules
 
 try:
     from micropython import const
@@ -56,9 +59,23 @@ def check_http(m):
 
 
 def readings(m):
-    """One reading per channel for the interval that ended, left in m.unsent for flush()
-    (Meter calls it next, in a load of its own: the reading format and the HTTP client
-    are never in the heap together)."""
+    """One reading per channel for the interval that ended; sent, or kept in the outbox."""
+    out = _made(m)
+    # the reading format leaves the heap before the HTTP client comes in (the send is
+    # the delivery's peak): nothing here holds it once _made has returned
+    modules.drop("meter.reading")
+    if not m.http and m.mqtt is None:
+        return
+    # Held by the meter until sent or stored: if loading the HTTP client or the outbox
+    # fails for lack of memory, the next window's flush() tries again; nothing is lost.
+    m.unsent += out
+    gc.collect()
+    if m.http and m.mqtt is not None:
+        _mirror(m, out)  # a live mirror; HTTP is the delivery that keeps order
+    flush(m)
+
+
+def _made(m):
     from meter import reading
 
     ts = m.board.unix_time()
@@ -73,13 +90,7 @@ def readings(m):
                                   math.sqrt(a.i2 / a.t), math.sqrt(a.v2 / a.t), p, s,
                                   p / s if s > 0 else 0.0, m.energy[i].mwh, a.f / a.t, a.t))
         a.reset()
-    if not m.http and m.mqtt is None:
-        return
-    # Held by the meter until sent or stored: if loading the HTTP client or the outbox
-    # fails for lack of memory, the next window's flush() tries again; nothing is lost.
-    m.unsent += out
-    if m.http and m.mqtt is not None:
-        _mirror(m, out)  # a live mirror; HTTP is the delivery that keeps order
+    return out
 
 
 def flush(m):
