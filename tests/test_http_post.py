@@ -37,6 +37,8 @@ bodies = []
 for i in range(job.get("n", 1)):
     bodies.append(reading.encode("dev-1", 100 + i, 1767225600 + 10 * i, 0, 2.5 + i, 230.1,
                                  570.25, 575.0, 0.9918, 1234567 + i, 50.01, 10.0))
+if job.get("raw"):
+    bodies = job["raw"]  # str bodies as given (non-ASCII among them)
 t0 = time.ticks_ms()
 frag = {}
 try:
@@ -241,6 +243,21 @@ def test_batch_posts_one_json_array(micropython, http_server, tmp_path):
     (req,) = http_server.requests
     batch = json.loads(req["body"])
     assert [b["seq"] for b in batch] == [100, 101, 102, 103, 104]
+
+
+@pytest.mark.parametrize("batch", [False, True])
+def test_a_non_ascii_body_is_sent_whole_as_utf8(micropython, http_server, tmp_path, batch):
+    # the body goes out from the str itself (a memoryview of its UTF-8 bytes): the length
+    # is in bytes, not characters
+    raw = ['{"deviceId": "K\u00fcche\u2603", "seq": 1}', '{"deviceId": "\u03a9", "seq": 2}']
+    url = f"http://127.0.0.1:{http_server.port}/api/measurements"
+    r = post(micropython, tmp_path, url=url, token=TOKEN, raw=raw, batch=batch)
+    assert r["status"] == 201
+    got = [json.loads(q["body"]) for q in http_server.requests]
+    for q in http_server.requests:
+        assert int(q["headers"]["Content-Length"]) == len(q["body"]) > 0
+    sent = got[0] if batch else got
+    assert [b["deviceId"] for b in sent] == ["K\u00fcche\u2603", "\u03a9"]
 
 
 def test_sequential_posts_reuse_one_poster(micropython, http_server, tmp_path):
