@@ -172,8 +172,9 @@ def _judge(vb, port, server, days):
         if why:
             return why
         last = port.ask_status()
-        if last is None:
-            return _crash(port.text) or f"no answer to status at {at} s"
+        if last is None:  # a line lost for memory is answered: this is a stop or a reset
+            return (_crash(port.text) or (_reset(vb) if vb.resets else None)
+                    or f"no answer to status at {at} s")
         if "error" in last:
             return f"status at {at} s: {last['error']}"
         if last["mem_errors"] or last["errors"]:

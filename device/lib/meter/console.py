@@ -182,6 +182,11 @@ class Console:
             line = self._reader.take()
         except ConsoleError as e:
             line = e
+        except MemoryError:
+            # no room for the line's bytes: it is lost, but still answered (a host types it
+            # again on this answer); the reader was reset before the copy
+            self._no_memory()
+            return True
         if not line:
             return False
         return self.handle(line)
@@ -200,7 +205,7 @@ class Console:
         except MemoryError:
             # the parser could not be loaded (or a handler ran out): the line is lost, the
             # meter is not; the message is a constant, printing it allocates nothing new
-            self.out(_NO_MEMORY_JSON if self.mode == "json" else _NO_MEMORY)
+            self._no_memory()
             return True
         finally:
             self._busy = False
@@ -211,6 +216,9 @@ class Console:
                     modules.drop(self.commands)
                 for name in self.transient:
                     modules.drop(name)
+
+    def _no_memory(self):
+        self.out(_NO_MEMORY_JSON if self.mode == "json" else _NO_MEMORY)
 
     def _call(self, name, values):
         # The handler: bound with register(), else the commands module's function (which
