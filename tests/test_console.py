@@ -719,6 +719,50 @@ def test_a_line_with_no_room_for_its_bytes_is_answered_and_the_next_line_works(m
     assert taken[:2] == [b"status", b"status"]
 
 
+def test_bare_commands_are_the_commands_without_arguments():
+    # meter.console answers these without loading the parser: the same set, both places
+    from meter.console import _BARE
+
+    assert set(_BARE) == {name for name, args, _ in C.COMMANDS
+                          if not args and name not in C._BUILTIN}
+
+
+@pytest.mark.parametrize("mode", ["json", "human"])
+def test_a_bare_command_is_answered_without_the_parser_and_as_the_parser_would(
+        monkeypatch, mode):
+    from meter import console as console_mod
+
+    lines = [b"status", b" read\t", b"cal show", b"adc", b"status x", b"\x0bstatus",
+             b"cal  show", b"Status", b"st\xc3", b"\xc2\xa0read", b"cal", b"   "]
+    con, app, out = make(mode)
+    answers = [ask(con, out, x) for x in lines]  # through the parser as well as not
+    loaded = []
+    real_use = console_mod.modules.use
+
+    def use(name):
+        loaded.append(name)
+        return real_use(name)
+
+    monkeypatch.setattr(console_mod.modules, "use", use)
+    monkeypatch.setattr(console_mod, "_BARE", ())  # everything through the parser
+    parsed = [ask(con, out, x) for x in lines]
+    assert loaded.count(console_mod.CMDS) == len(lines)
+    monkeypatch.undo()
+    monkeypatch.setattr(console_mod.modules, "use", use)
+    loaded.clear()
+    for x in lines:
+        n = len(loaded)
+        ask(con, out, x)
+        bare = x.strip(b" \t") in (b"status", b"read", b"cal show", b"adc")
+        assert (console_mod.CMDS not in loaded[n:]) == bare, x
+    strip = (lambda a: [{k: v for k, v in d.items() if k != "uptime_s"} for d in a]) \
+        if mode == "json" else (lambda a: [x for x in a if not x.startswith("uptime_s")])
+    assert [strip(a) for a in answers] == [strip(a) for a in parsed]
+    # a bound handler given arguments is parsed as such
+    con.register("read", lambda ch: {"ch": ch}, args=(("ch", C.INPUT),))
+    assert "missing <ch>" in str(ask(con, out, "read"))
+
+
 def test_idle_poll_reads_nothing():
     con, app, out = make("json")
     src = FakeSource()

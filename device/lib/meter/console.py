@@ -55,6 +55,12 @@ NO_MEMORY_ERROR = const("out of memory, line dropped")
 _NO_MEMORY = "error: " + NO_MEMORY_ERROR
 _NO_MEMORY_JSON = '{"ok": false, "error": "' + NO_MEMORY_ERROR + '"}'
 
+# The commands that take no arguments, answered without loading the parser (meter.
+# console_cmds, ~7 KB of code on the 64-bit port) when typed exactly: `status` and `read`
+# are what host tools ask over and over. tests/test_console.py checks this is the set of
+# COMMANDS without arguments; anything else typed goes through the parser.
+_BARE = const(("status", "read", "adc", "cal show", "reboot"))
+
 _BS = const(8)
 _LF = const(10)
 _CR = const(13)
@@ -196,7 +202,9 @@ class Console:
         with exactly one response; True if there was one (a blank line has none)."""
         self._busy = True
         try:
-            call = modules.use(CMDS).handle(self, line)
+            call = self._bare(line)
+            if call is None:
+                call = modules.use(CMDS).handle(self, line)
             if call is True or call is False:
                 return call
             if self.drop:  # the parser's code leaves the heap before the handler runs
@@ -216,6 +224,22 @@ class Console:
                     modules.drop(self.commands)
                 for name in self.transient:
                     modules.drop(name)
+
+    def _bare(self, line):
+        # (name, []) for a line that is exactly a command without arguments (surrounding
+        # blanks aside) that no bound handler gave arguments to; else None: the parser reads it
+        if isinstance(line, Exception) or len(line) > 12:
+            return None
+        try:
+            name = (line if isinstance(line, str) else line.decode()).strip(" \t")
+        except ValueError:  # not UTF-8: the parser says why
+            return None
+        if name not in _BARE:
+            return None
+        bound = self.bound.get(name)
+        if bound is not None and bound[1]:
+            return None
+        return name, []
 
     def _no_memory(self):
         self.out(_NO_MEMORY_JSON if self.mode == "json" else _NO_MEMORY)
