@@ -23,6 +23,7 @@ SECRET_WORDS = ("password", "passwd", "pass", "pwd", "secret", "token", "psk", "
                 "credential", "credentials", "authorization")
 _SECRET_EXACT = const(("key", "auth"))
 _MASK = const("***")
+_RESERVED = const(("ok", "cmd", "error"))  # an answer's own keys: a result cannot set them
 
 
 def is_secret_key(name):
@@ -51,12 +52,15 @@ def _scrub(text, secrets):
     return text
 
 
-def redact(obj, secrets=()):
+def redact(obj, secrets=(), into=None, skip=()):
     """A copy of obj safe to print: secret keys masked, secret values scrubbed, non-finite
-    floats -> None, unknown types -> str."""
+    floats -> None, unknown types -> str. A dict obj is copied into `into` when given (its
+    keys in `skip` left out)."""
     if isinstance(obj, dict):
-        out = {}
+        out = {} if into is None else into
         for k in obj:
+            if k in skip:
+                continue
             v = obj[k]
             ks = _scrub(k if isinstance(k, str) else str(k), secrets)
             if is_secret_key(ks) and v is not None and v != "":
@@ -100,11 +104,9 @@ def respond(con, name, result, error, lines=None):
             obj["cmd"] = name
         if error is not None:
             obj["error"] = error
-        else:
-            for k in result:
-                if k not in ("ok", "cmd", "error"):
-                    obj[k] = result[k]
         obj = redact(obj, secrets)
+        if error is None:  # the result redacted straight into the answer: one copy of it
+            redact(result, secrets, obj, _RESERVED)
         stream = con.stream
         if stream is None:
             out(json.dumps(obj))
