@@ -44,6 +44,17 @@ frag = {}
 try:
     p = http_post.HttpPoster(job["url"], job.get("token"), cadata=cadata,
                              timeout_ms=job.get("timeout_ms", 3000))
+    if job.get("drop"):
+        # what meter.deliver does once the poster is made: the URL parser and the CA loader
+        # leave the heap before the request is built
+        import gc
+        from meter import modules
+        gc.collect()
+        before = gc.mem_alloc()
+        for name in ("meter.url", "meter.tlsca"):
+            modules.drop(name)
+        gc.collect()
+        frag = {"freed": before - gc.mem_alloc()}
     if job.get("hole"):
         # a heap fragmented as after days of work: the free space is many blocks of at most
         # `hole` bytes between live ones, none larger
@@ -226,6 +237,17 @@ def test_post_delivers_reading_with_bearer_token(micropython, http_server, tmp_p
     assert body["deviceId"] == "dev-1"
     assert body["current"] == 2.5 and body["voltage"] == 230.1
     assert body["seq"] == 100 and body["energyKwh"] == 1.234567 and body["channel"] == 0
+
+
+def test_the_url_parser_leaves_the_heap_once_the_poster_is_made(micropython, http_server,
+                                                                tmp_path):
+    # meter.deliver drops meter.url after making the poster: its code must then be free
+    # (the poster keeps the parsed fields, not the module or its Url), and the post works
+    url = f"http://127.0.0.1:{http_server.port}/api/measurements"
+    r = post(micropython, tmp_path, url=url, token=TOKEN, drop=True)
+    assert r["status"] == 201 and r["freed"] > 1000, r
+    assert r["repr"] == f"<HttpPoster {url}>"
+    assert http_server.requests[-1]["path"] == "/api/measurements"
 
 
 def test_default_path_and_no_token(micropython, http_server, tmp_path):
@@ -421,7 +443,7 @@ def test_https_with_the_right_ca(micropython, tls_setup, tmp_path, ca_file):
     port = tls_setup["ports"]["good"]
     ca = str(tls_setup["dir"] / ca_file)
     r = post(micropython, tmp_path, url=f"https://localhost:{port}/api/measurements",
-             token=TOKEN, ca=ca)
+             token=TOKEN, ca=ca, drop=ca_file == "ca.der")  # the TLS context outlives tlsca
     assert r.get("status") == 201, r
     req = tls_setup["recs"]["good"].requests[-1]
     assert req["headers"]["Authorization"] == "Bearer " + TOKEN

@@ -43,8 +43,12 @@ def poster(m):
     from meter.http_post import HttpPoster
 
     h = m.conf["http"]
-    return HttpPoster(h["url"], h["token"] or None, cadata=m.cadata(),
+    http = HttpPoster(h["url"], h["token"] or None, cadata=m.cadata(),
                       timeout_ms=int(h["timeout_s"] * 1000), default_path=h["path"])
+    if m.mqtt is None:  # MQTT keeps them loaded; the poster no longer needs them
+        modules.drop("meter.url")  # its code leaves before the request is built
+        modules.drop("meter.tlsca")
+    return http
 
 
 def check_http(m):

@@ -31,8 +31,6 @@ except ImportError:  # CPython
     def const(x):
         return x
 
-from meter import url as _url
-
 try:
     from time import ticks_diff, ticks_ms
 except ImportError:  # CPython: this module imports there (tests, tooling), it is not run there
@@ -109,16 +107,20 @@ def _check_header_value(value, name):
 
 
 class HttpPoster:
-    """POSTs JSON to one URL. Keeps the parsed URL and the TLS context between requests."""
+    """POSTs JSON to one URL. Keeps the parsed URL (as plain fields: meter.url is needed
+    only here, and the meter drops it before the request) and the TLS context."""
 
     def __init__(self, url, token=None, cadata=None, timeout_ms=5000,
                  default_path="/api/measurements"):
+        from meter import url as _url
+
         try:
-            self._url = _url.parse(url, default_path)
+            u = _url.parse(url, default_path)
         except _url.UrlError as exc:
             raise PostError(CONFIG, str(exc)) from None
-        if self._url.scheme not in ("http", "https"):
+        if u.scheme not in ("http", "https"):
             raise PostError(CONFIG, "HTTP publisher needs an http or https URL")
+        self._scheme, self._host, self._port, self._path = u.scheme, u.host, u.port, u.path
         if token is not None:
             if not isinstance(token, str):
                 raise PostError(CONFIG, "token must be a string")
@@ -128,25 +130,24 @@ class HttpPoster:
         self._token = token
         self.timeout_ms = timeout_ms
         self._ctx = None
-        if self._url.tls:
+        if u.tls:
             from meter import tlsca
 
             try:
                 self._ctx = tlsca.context(cadata)
             except tlsca.CaError as exc:
                 raise PostError(CONFIG, str(exc)) from None
-        u = self._url
         default = 443 if u.tls else 80
         host = ("[" + u.host + "]") if ":" in u.host else u.host
         self._host_header = host if u.port == default else f"{host}:{u.port}"
 
     def __repr__(self):
-        return f"<HttpPoster {self._url.scheme}://{self._host_header}{self._url.path}>"
+        return f"<HttpPoster {self.url}>"
 
     @property
     def url(self):
         """The URL without secrets (for status and logs)."""
-        return f"{self._url.scheme}://{self._host_header}{self._url.path}"
+        return f"{self._scheme}://{self._host_header}{self._path}"
 
     def post(self, body):
         """POST one JSON document (str or bytes). Returns the HTTP status code."""
@@ -166,17 +167,17 @@ class HttpPoster:
     # -- one request ---------------------------------------------------------------------------
 
     def _request(self, body):
-        u = self._url
+        host = self._host
         deadline = _Deadline(self.timeout_ms)
         try:
-            ai = socket.getaddrinfo(u.host, u.port, 0, socket.SOCK_STREAM)
+            ai = socket.getaddrinfo(host, self._port, 0, socket.SOCK_STREAM)
         except OSError as exc:
             code = _errno(exc)
             if code is not None and _is_timeout(code):
-                raise PostError(TIMEOUT, f"name lookup for {u.host} timed out") from None
-            raise PostError(DNS, f"cannot resolve {u.host}") from None
+                raise PostError(TIMEOUT, f"name lookup for {host} timed out") from None
+            raise PostError(DNS, f"cannot resolve {host}") from None
         if not ai:
-            raise PostError(DNS, f"cannot resolve {u.host}")
+            raise PostError(DNS, f"cannot resolve {host}")
         af, kind, proto, _, addr = ai[0]
         raw = socket.socket(af, kind, proto)
         try:
@@ -210,7 +211,7 @@ class HttpPoster:
     def _handshake(self, raw, deadline):
         deadline.arm(raw, "TLS handshake")
         try:
-            return self._ctx.wrap_socket(raw, server_hostname=self._url.host)
+            return self._ctx.wrap_socket(raw, server_hostname=self._host)
         except OSError as exc:
             code = _errno(exc)
             if code is not None and _is_timeout(code):
@@ -223,7 +224,7 @@ class HttpPoster:
         # str or bytes, written through a memoryview (MicroPython gives a str's UTF-8 bytes):
         # the head in one piece, and nothing encoded or concatenated again
         body = memoryview(body)
-        head = _HEAD % (self._url.path, self._host_header,
+        head = _HEAD % (self._path, self._host_header,
                         "" if self._token is None else
                         "Authorization: Bearer " + self._token + "\r\n", len(body))
         for view in (memoryview(head), body):
