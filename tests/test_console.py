@@ -733,7 +733,8 @@ def test_a_bare_command_is_answered_without_the_parser_and_as_the_parser_would(
     from meter import console as console_mod
 
     lines = [b"status", b" read\t", b"cal show", b"adc", b"status x", b"\x0bstatus",
-             b"cal  show", b"Status", b"st\xc3", b"\xc2\xa0read", b"cal", b"   "]
+             b"cal  show", b"Status", b"st\xc3", b"\xc2\xa0read", b"cal", b"   ",
+             b"mode", b"mode " + mode.encode(), b"mode  " + mode.encode(), b"mode xml"]
     con, app, out = make(mode)
     answers = [ask(con, out, x) for x in lines]  # through the parser as well as not
     loaded = []
@@ -745,6 +746,7 @@ def test_a_bare_command_is_answered_without_the_parser_and_as_the_parser_would(
 
     monkeypatch.setattr(console_mod.modules, "use", use)
     monkeypatch.setattr(console_mod, "_BARE", ())  # everything through the parser
+    monkeypatch.setattr(console_mod, "_MODES", ())
     parsed = [ask(con, out, x) for x in lines]
     assert loaded.count(console_mod.CMDS) == len(lines)
     monkeypatch.undo()
@@ -753,7 +755,8 @@ def test_a_bare_command_is_answered_without_the_parser_and_as_the_parser_would(
     for x in lines:
         n = len(loaded)
         ask(con, out, x)
-        bare = x.strip(b" \t") in (b"status", b"read", b"cal show", b"adc")
+        bare = x.strip(b" \t") in (b"status", b"read", b"cal show", b"adc", b"mode",
+                                    b"mode " + mode.encode())
         assert (console_mod.CMDS not in loaded[n:]) == bare, x
     strip = (lambda a: [{k: v for k, v in d.items() if k != "uptime_s"} for d in a]) \
         if mode == "json" else (lambda a: [x for x in a if not x.startswith("uptime_s")])

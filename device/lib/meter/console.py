@@ -58,8 +58,10 @@ _NO_MEMORY_JSON = '{"ok": false, "error": "' + NO_MEMORY_ERROR + '"}'
 # The commands that take no arguments, answered without loading the parser (meter.
 # console_cmds, ~7 KB of code on the 64-bit port) when typed exactly: `status` and `read`
 # are what host tools ask over and over. tests/test_console.py checks this is the set of
-# COMMANDS without arguments; anything else typed goes through the parser.
+# COMMANDS without arguments; anything else typed goes through the parser. So is `mode`
+# with a valid mode or none (host tools open with `mode json`), answered here.
 _BARE = const(("status", "read", "adc", "cal show", "reboot"))
+_MODES = const(("mode", "mode json", "mode human"))
 
 _BS = const(8)
 _LF = const(10)
@@ -227,13 +229,19 @@ class Console:
 
     def _bare(self, line):
         # (name, []) for a line that is exactly a command without arguments (surrounding
-        # blanks aside) that no bound handler gave arguments to; else None: the parser reads it
+        # blanks aside) that no bound handler gave arguments to, True when it was `mode`
+        # (answered here); else None: the parser reads it
         if isinstance(line, Exception) or len(line) > 12:
             return None
         try:
             name = (line if isinstance(line, str) else line.decode()).strip(" \t")
         except ValueError:  # not UTF-8: the parser says why
             return None
+        if name in _MODES:
+            if name != "mode":
+                self.mode = name[5:]
+            modules.use(OUT).respond(self, "mode", {"mode": self.mode}, None)
+            return True
         if name not in _BARE:
             return None
         bound = self.bound.get(name)
