@@ -42,6 +42,7 @@ _BUF_BYTES = const(8192)  # the window buffer: 10 cycles at 4 kHz of 5 inputs fi
 _CYCLES = const(10)  # mains cycles per window (fewer when fs * inputs would not fit the buffer)
 _LOWEST_HZ = const(45)
 _WDT_MS = const(30000)
+_GC_EVERY = const(4096)
 
 def _intern_names():
     """Load, once at start, each module that is otherwise loaded per use, and drop it.
@@ -224,6 +225,12 @@ def start(m):
         "sample_rate_hz": m.fs_hz, "boots": m.store.boots,
         "problems": m.problems}))
     m.board.wdt_start(_WDT_MS)
+    if _MPY:
+        # Collect every _GC_EVERY bytes allocated, not only when the heap is exhausted: the
+        # garbage of a few windows is freed while it is small, so what the loop keeps lands
+        # low in the heap, not in the room the per-use modules are loaded into (64 KB
+        # heap: from a delivery that failed at the first interval to days that ran)
+        gc.threshold(_GC_EVERY)
     m.running = True
     now = m.board.ticks_us()  # a local: nothing reads the start time later
     m._window_end_us = now
