@@ -16,7 +16,7 @@ A load that runs out of memory part-way leaves part of the module allocated (4-1
 loads in full; dropping it and collecting does not free it, nor does overwriting the Python
 stack, so something outside the Python stack holds it. In a heap with no room to spare the
 next load then fails too: the meter needs margin (bench/heap_floor.py measures the smallest
-heap that runs; the soak test keeps 8 KB above it).
+heap that runs; the soak runs lib/ 8 KB above it, ROMFS at the issue's 64 KB, its floor).
 """
 
 import gc
