@@ -195,7 +195,7 @@ def register(subparsers):
     p.add_argument("--romfs", action="store_true",
                    help="give the board a ROMFS partition holding this checkout's modules, "
                         "compiled, as `ctmeter deploy` puts them on a board that has one: they "
-                        "run in place, so the meter fits a smaller heap (e.g. --heap 96k)")
+                        "run in place, so the meter fits a smaller heap (e.g. --heap 64k)")
     p.add_argument("--load", default="profile", metavar="SPEC",
                    help="the simulated load at start: 2000W, 8.5A, 900W pf 0.7, off, or "
                         "profile (the household, default); change it later on stdin")
