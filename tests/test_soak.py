@@ -18,8 +18,9 @@ parametrization here: it ran six weeks in six when it was set; at 60 KB the star
 out (the 3.5 KB window buffer). Modules in lib/ (loaded into the heap; the only way on a
 stock ESP32_GENERIC image, which has no ROMFS partition) need more on this 64-bit port:
 92 KB ran two days twice (bench), 88 KB runs out at start-up; the week runs here at
-104 KB, 8 KB above the 96 KB where it ran every time before this round of changes. Figures: `make bench`, heap section (KB =
-1024 bytes); what stays in the heap: README, Known gaps.
+104 KB, 8 KB above the 96 KB where it ran every time before this round of changes.
+Figures: `make bench`, heap section (KB = 1024 bytes); what stays in the heap: README,
+Known gaps.
 """
 
 import threading
