@@ -249,8 +249,10 @@ def start(m):
         # Collect every _GC_EVERY bytes allocated, not only when the heap is exhausted: the
         # garbage of a few windows is freed while it is small, so what the loop keeps lands
         # low in the heap, not in the room the per-use modules are loaded into (64 KB
-        # heap: from a delivery that failed at the first interval to days that ran)
-        gc.threshold(_GC_EVERY)
+        # heap: from a delivery that failed at the first interval to days that ran). A
+        # collection's time grows with the heap (a board with PSRAM has megabytes): past
+        # 128 KB the step grows with it, so collections take the same share of the time.
+        gc.threshold(max(_GC_EVERY, (gc.mem_free() + gc.mem_alloc()) // 32))
     m.running = True
     now = m.board.ticks_us()  # a local: nothing reads the start time later
     m._window_end_us = now
